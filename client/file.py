@@ -1,0 +1,59 @@
+"""`python -m client.file PATH`: streams an audio file to the server and prints captions as they come."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .captions import to_srt, to_vtt
+from .stream import DEFAULT_URL, load_audio, stream_audio
+
+
+class Printer:
+    """Finals as lines; on a terminal the current partial is rewritten in place on one line."""
+
+    def __init__(self, out=sys.stdout):
+        self.out = out
+        self.tty = out.isatty()
+
+    def __call__(self, msg: dict) -> None:
+        kind = msg.get("type")
+        if kind == "partial" and self.tty:
+            self.out.write("\r\x1b[K" + msg["text"][-200:])
+        elif kind == "final":
+            self.out.write(("\r\x1b[K" if self.tty else "") + f"[{msg['start']:7.2f} -> {msg['end']:7.2f}] "
+                           f"{msg['text']}\n")
+        elif kind == "error":
+            self.out.write(f"\n! {msg.get('code')}: {msg.get('message')}\n")
+        self.out.flush()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m client.file", description=__doc__)
+    p.add_argument("path", help="any audio file soundfile can read (WAV, FLAC, OGG, ...)")
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--speed", type=float, default=1.0, help="1.0 = real time, 0 = as fast as the server takes it")
+    p.add_argument("--frame-ms", type=int, default=50, choices=range(20, 101), metavar="20..100")
+    p.add_argument("--srt", type=Path, help="write the finals as SubRip subtitles")
+    p.add_argument("--vtt", type=Path, help="write the finals as WebVTT subtitles")
+    args = p.parse_args(argv)
+    try:
+        audio, rate = load_audio(args.path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        print(f"cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(stream_audio(audio, rate, args.url, args.speed, args.frame_ms, on_message=Printer()))
+    except OSError as exc:
+        print(f"cannot reach the server at {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.srt:
+        args.srt.write_text(to_srt(result.finals))
+    if args.vtt:
+        args.vtt.write_text(to_vtt(result.finals))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Live-captioning server: websocket in, VAD windows, one shared batching engine, captions out."""

@@ -1,0 +1,60 @@
+"""`python -m server`: loads the config, builds the backend and the engine, serves until interrupted."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from .backends import create_backend
+from .config import load_config
+from .engine import Engine
+from .transport import CaptionServer
+
+log = logging.getLogger("server")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m server", description="Live-captioning websocket server")
+    p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, help="0 picks a free port")
+    p.add_argument("--backend", choices=["auto", "salm", "sphinx"])
+    p.add_argument("--model", help="SALM hub id or local checkpoint directory")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--vad", choices=["webrtc", "silero"])
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, {
+        "server.host": args.host, "server.port": args.port, "backend.name": args.backend,
+        "backend.model": args.model, "backend.device": args.device, "segmenter.vad": args.vad,
+    })
+    # Loading a model blocks for seconds to minutes: keep it off the event loop like all model work.
+    backend = await asyncio.to_thread(create_backend, cfg.backend)
+    server = CaptionServer(cfg, Engine(backend, cfg.engine))
+    await server.start()
+    log.info("backend %s, model %s (%s)", backend.name, backend.model, backend.reason)
+    # Tests and scripts read this line to find the port: keep its shape.
+    print(f"Serving captions at {server.url} (websocket {server.url.replace('http', 'ws', 1)}v1/listen)",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.close()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

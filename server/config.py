@@ -1,0 +1,106 @@
+"""One typed configuration object, loaded from configs/*.yaml, with CLI overrides applied on top."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    web_root: str = "web"
+
+
+@dataclass
+class BackendConfig:
+    name: str = "auto"  # auto | salm | sphinx
+    model: str = "nvidia/canary-qwen-2.5b"
+    device: str = "auto"  # auto | cuda | cpu
+    max_tokens_per_second: float = 8.0
+    min_new_tokens_cap: int = 16
+
+
+@dataclass
+class EngineConfig:
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+
+
+@dataclass
+class SegmenterConfig:
+    vad: str = "webrtc"  # webrtc | silero
+    aggressiveness: int = 2
+    frame_ms: int = 30
+    silero_threshold: float = 0.5
+    pre_roll_ms: int = 300
+    hangover_ms: int = 600
+    min_speech_ms: int = 120
+    max_window_s: float = 10.0
+    cut_search_s: float = 2.0
+    partial_interval_s: float = 0.5
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+    def validate(self) -> "Config":
+        s = self.segmenter
+        if self.backend.name not in ("auto", "salm", "sphinx"):
+            raise ValueError(f"backend.name must be auto, salm or sphinx, not {self.backend.name!r}")
+        if self.backend.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"backend.device must be auto, cuda or cpu, not {self.backend.device!r}")
+        if s.vad not in ("webrtc", "silero"):
+            raise ValueError(f"segmenter.vad must be webrtc or silero, not {s.vad!r}")
+        if s.vad == "webrtc" and s.frame_ms not in (10, 20, 30):
+            raise ValueError("segmenter.frame_ms must be 10, 20 or 30 for webrtcvad")
+        if not 0 <= s.aggressiveness <= 3:
+            raise ValueError("segmenter.aggressiveness must be 0..3")
+        if not 0 < s.cut_search_s < s.max_window_s:
+            raise ValueError("segmenter.cut_search_s must be > 0 and < max_window_s")
+        if self.engine.max_batch < 1:
+            raise ValueError("engine.max_batch must be >= 1")
+        return self
+
+
+def _build(cls, data: dict, where: str):
+    """Builds dataclass `cls` from a mapping, rejecting unknown keys so that typos do not pass silently."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
+        elif isinstance(default, bool) or value is None:
+            kwargs[name] = value
+        else:
+            kwargs[name] = type(default)(value)  # "8765" -> 8765, 10 -> 10.0
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Loads YAML `path` (default configs/default.yaml) and applies dotted overrides, e.g. {"server.port": 0}."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return _build(Config, data, path.name).validate()

@@ -1,0 +1,134 @@
+"""The one inference engine shared by every session.
+
+Sessions submit windows; the engine queues them, forms batches (finals first, then the newest partial of each
+session), and runs the backend in one worker thread so that the event loop never waits on the model. A queued
+partial is superseded (resolved with None) when a newer partial or a final of the same session arrives.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import EngineConfig
+from .protocol import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(Exception):
+    """The backend failed on a batch; only the windows in that batch are affected."""
+
+
+@dataclass
+class _Request:
+    session: str
+    audio: np.ndarray
+    final: bool
+    future: asyncio.Future
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    windows: int = 0
+    superseded_partials: int = 0
+    audio_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, backend, cfg: EngineConfig):
+        self.backend = backend
+        self._max_batch = cfg.max_batch
+        self._max_wait = cfg.max_wait_ms / 1000
+        self._finals: deque[_Request] = deque()
+        self._partials: dict[str, _Request] = {}  # insertion order = age
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task | None = None
+        self.stats = EngineStats()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="engine")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for req in [*self._finals, *self._partials.values()]:
+            if not req.future.done():
+                req.future.cancel()
+        self._pool.shutdown(wait=True)
+        self.backend.close()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    def submit(self, session: str, audio: np.ndarray, final: bool) -> asyncio.Future:
+        """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError."""
+        future = asyncio.get_running_loop().create_future()
+        stale = self._partials.pop(session, None)  # older than anything this session sends now
+        if stale is not None and not stale.future.done():
+            stale.future.set_result(None)
+            self.stats.superseded_partials += 1
+        req = _Request(session, audio, final, future)
+        if final:
+            self._finals.append(req)
+        else:
+            self._partials[session] = req
+        self._wake.set()
+        return future
+
+    def _take_batch(self) -> list[_Request]:
+        batch: list[_Request] = []
+        while self._finals and len(batch) < self._max_batch:
+            batch.append(self._finals.popleft())
+        while self._partials and len(batch) < self._max_batch:
+            batch.append(self._partials.pop(next(iter(self._partials))))
+        return [r for r in batch if not r.future.done()]  # a session that went away cancelled its futures
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            if self.queue_depth < self._max_batch and self._max_wait > 0:
+                await asyncio.sleep(self._max_wait)  # let concurrent streams join this batch
+            batch = self._take_batch()
+            if not self.queue_depth:
+                self._wake.clear()
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            try:
+                texts = await loop.run_in_executor(self._pool, self.backend.transcribe, [r.audio for r in batch])
+                if len(texts) != len(batch):
+                    raise RuntimeError(f"backend returned {len(texts)} texts for {len(batch)} windows")
+            except Exception as exc:  # noqa: BLE001 - any backend failure must fail only this batch
+                log.exception("backend failed on a batch of %d windows", len(batch))
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(BackendError(f"{type(exc).__name__}: {exc}"))
+                continue
+            finally:
+                self._account(batch, time.perf_counter() - t0)
+            for r, text in zip(batch, texts):
+                if not r.future.done():
+                    r.future.set_result(text)
+
+    def _account(self, batch: list[_Request], seconds: float) -> None:
+        s = self.stats
+        s.batches += 1
+        s.windows += len(batch)
+        s.compute_seconds += seconds
+        s.audio_seconds += sum(len(r.audio) for r in batch) / SAMPLE_RATE
+        s.batch_sizes.append(len(batch))
+        if len(s.batch_sizes) > 1000:
+            del s.batch_sizes[:500]

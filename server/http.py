@@ -1,0 +1,44 @@
+"""Plain HTTP answers on the websocket port: the web/ folder, /healthz. Anything else is a 404."""
+from __future__ import annotations
+
+import json
+import mimetypes
+from http import HTTPStatus
+from pathlib import Path
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+CSP = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+
+
+def response(status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> Response:
+    h = Headers({"Content-Type": content_type, "Content-Length": str(len(body)), "Cache-Control": "no-cache",
+                 "X-Content-Type-Options": "nosniff", **headers})
+    return Response(status.value, status.phrase, h, body)
+
+
+def json_response(data: dict, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    return response(status, json.dumps(data).encode(), "application/json")
+
+
+def not_found(path: str) -> Response:
+    return response(HTTPStatus.NOT_FOUND, f"404 not found: {path[:200]}\n".encode(), "text/plain; charset=utf-8")
+
+
+def static_file(web_root: Path, path: str) -> Response:
+    """Serves a file under web_root; `/` is index.html. Paths that resolve outside web_root are 404s."""
+    rel = path.lstrip("/") or "index.html"
+    root = web_root.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        return not_found(path)
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):
+        ctype += "; charset=utf-8"
+    return response(HTTPStatus.OK, target.read_bytes(), ctype, **{"Content-Security-Policy": CSP})
+
+
+def split_path(request: Request) -> tuple[str, str]:
+    path, _, query = request.path.partition("?")
+    return path, query

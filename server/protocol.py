@@ -1,0 +1,129 @@
+"""Protocol v1 messages (docs/protocol.md): parsing what clients send, building what the server sends.
+
+Pure functions, no I/O, so that the transport and the session stay small and the parser can be tested alone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+PROTOCOL_VERSION = 1
+SAMPLE_RATE = 16000  # the rate every stream is resampled to, and the unit of all timestamps
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # encoding -> bytes per sample
+MAX_TEXT_FRAME = 64 * 1024
+
+# Error codes sent in {"type":"error","code":...}; docs/protocol.md lists them all.
+BAD_JSON = "bad_json"
+BAD_MESSAGE = "bad_message"
+UNKNOWN_TYPE = "unknown_type"
+NOT_STARTED = "not_started"
+ALREADY_STARTED = "already_started"
+UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
+UNSUPPORTED_ENCODING = "unsupported_encoding"
+UNSUPPORTED_CHANNELS = "unsupported_channels"
+BAD_AUDIO = "bad_audio"
+BACKEND_ERROR = "backend_error"
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int = SAMPLE_RATE
+    encoding: str = "pcm_s16le"
+    channels: int = 1
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return ENCODINGS[self.encoding]
+
+
+@dataclass(frozen=True)
+class Finalize:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+ClientMessage = Start | Finalize | Stop | Ping
+
+
+def parse_client_text(text: str) -> ClientMessage:
+    """Parses one client text frame; raises ProtocolError with a code from the list above."""
+    if len(text) > MAX_TEXT_FRAME:
+        raise ProtocolError(BAD_MESSAGE, f"text frame of {len(text)} characters exceeds {MAX_TEXT_FRAME}")
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(BAD_JSON, f"text frame is not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
+    kind = msg.get("type")
+    if kind == "start":
+        return _parse_start(msg)
+    if kind == "finalize":
+        return Finalize()
+    if kind == "stop":
+        return Stop()
+    if kind == "ping":
+        return Ping()
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_MESSAGE, 'a message needs a string "type"')
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
+
+
+def _parse_start(msg: dict) -> Start:
+    rate = msg.get("sample_rate", SAMPLE_RATE)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate != int(rate):
+        raise ProtocolError(UNSUPPORTED_SAMPLE_RATE, f"sample_rate must be an integer, got {rate!r}")
+    if int(rate) not in SAMPLE_RATES:
+        raise ProtocolError(
+            UNSUPPORTED_SAMPLE_RATE, f"sample_rate {int(rate)} is not one of {', '.join(map(str, SAMPLE_RATES))}"
+        )
+    encoding = msg.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(UNSUPPORTED_ENCODING, f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    channels = msg.get("channels", 1)
+    if channels != 1 or isinstance(channels, bool):
+        raise ProtocolError(UNSUPPORTED_CHANNELS, f"only mono audio (channels: 1) is accepted, got {channels!r}")
+    return Start(sample_rate=int(rate), encoding=encoding, channels=1)
+
+
+def _dump(msg: dict) -> str:
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+
+
+def ready(session: str, backend: str, model: str, reason: str) -> str:
+    return _dump({"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
+                  "model": model, "sample_rate": SAMPLE_RATE, "reason": reason})
+
+
+def caption(kind: str, segment: int, start: float, end: float, text: str) -> str:
+    """A `partial` or `final` message; start/end are seconds of the stream's own audio."""
+    return _dump({"type": kind, "segment": segment, "start": start, "end": end, "text": text})
+
+
+def error(code: str, message: str, **extra) -> str:
+    return _dump({"type": "error", "code": code, "message": message, **extra})
+
+
+def pong() -> str:
+    return _dump({"type": "pong"})
+
+
+def end(**extra) -> str:
+    return _dump({"type": "end", **extra})

@@ -1,0 +1,157 @@
+"""VAD windowing: cuts one stream of 16 kHz audio into speech windows of at most `max_window_s`.
+
+A window opens on `min_speech_ms` of voiced frames (reaching back `pre_roll_ms` so first phonemes are kept) and
+closes after `hangover_ms` of silence. A window that reaches the cap is cut at the quietest 10 ms of its last
+`cut_search_s`, and the next window starts exactly at that sample: none lost, none repeated. While a window is
+open, a Partial carrying the whole window so far is emitted every `partial_interval_s` of new audio.
+
+All positions are sample indices of the stream at 16 kHz. The segmenter knows nothing of sockets or models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import SegmenterConfig
+from .protocol import SAMPLE_RATE
+
+CUT_FRAME = SAMPLE_RATE // 100  # 10 ms: resolution of the quietest-point search
+
+
+@dataclass
+class Window:
+    """A snapshot of one window: `final` is True once it is closed and will not change again."""
+
+    segment: int
+    start: int  # first sample, stream index
+    audio: np.ndarray
+    final: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.audio)
+
+
+class Segmenter:
+    def __init__(self, cfg: SegmenterConfig, vad):
+        ms = SAMPLE_RATE // 1000
+        self._vad = vad
+        self._frame = vad.frame_samples
+        self._pre_roll = cfg.pre_roll_ms * ms
+        self._hangover = cfg.hangover_ms * ms
+        self._min_speech = max(cfg.min_speech_ms * ms, 1)
+        self._max_window = int(cfg.max_window_s * SAMPLE_RATE)
+        self._cut_search = int(cfg.cut_search_s * SAMPLE_RATE)
+        self._partial_every = int(cfg.partial_interval_s * SAMPLE_RATE)
+
+        self._pending = np.zeros(0, np.float32)  # samples that do not yet fill a VAD frame
+        self._pos = 0  # stream index of the first pending sample
+        self._floor = 0  # no window may start before this (the end of the previous one)
+        # Recent audio: while idle the last pre-roll + onset, while a window is open that window's audio.
+        self._chunks: list[np.ndarray] = []
+        self._buf_start = 0
+        self._buf_len = 0
+        self._open = False
+        self._voiced_run = 0
+        self._silence_run = 0
+        self._since_partial = 0
+        self._segment = 0
+
+    # -- public ------------------------------------------------------------------------------------------------
+
+    def push(self, samples: np.ndarray) -> list[Window]:
+        """Feeds audio; returns the windows (partials and finals, in order) that it produced."""
+        events: list[Window] = []
+        data = np.concatenate([self._pending, samples.astype(np.float32, copy=False)])
+        n_frames = len(data) // self._frame
+        for i in range(n_frames):
+            self._step(data[i * self._frame:(i + 1) * self._frame], events)
+        self._pending = data[n_frames * self._frame:]
+        return events
+
+    def finalize(self) -> list[Window]:
+        """Closes the open window now (with any not-yet-framed samples). A voiced onset still too short to have
+        opened a window is closed too, so that speech cut off by a stop is still transcribed."""
+        onset = self._pos - self._voiced_run if not self._open and self._voiced_run else None
+        if len(self._pending):
+            self._append(self._pending)
+            self._pos += len(self._pending)
+            self._pending = np.zeros(0, np.float32)
+        if onset is not None:
+            self._open_window(onset)
+        return [self._close(self._pos)] if self._open else []
+
+    @property
+    def position(self) -> int:
+        """Samples consumed so far (framed or pending)."""
+        return self._pos + len(self._pending)
+
+    # -- internals ---------------------------------------------------------------------------------------------
+
+    def _step(self, frame: np.ndarray, events: list[Window]) -> None:
+        voiced = self._vad.is_speech(frame)
+        self._append(frame)
+        self._pos += len(frame)
+        if not self._open:
+            self._voiced_run = self._voiced_run + len(frame) if voiced else 0
+            if self._voiced_run >= self._min_speech:
+                self._open_window(self._pos - self._voiced_run)
+            else:
+                self._trim_idle()
+            return
+        self._silence_run = 0 if voiced else self._silence_run + len(frame)
+        self._since_partial += len(frame)
+        if self._silence_run >= self._hangover:
+            events.append(self._close(self._pos))
+            self._trim_idle()
+        elif self._buf_len + self._frame > self._max_window:
+            # One more frame would pass the cap: cut now, at the quietest point of the last stretch.
+            audio = self._audio()
+            tail = audio[len(audio) - self._cut_search:]
+            n = len(tail) // CUT_FRAME
+            energy = np.square(tail[len(tail) - n * CUT_FRAME:].reshape(n, CUT_FRAME)).mean(axis=1)
+            cut = len(audio) - n * CUT_FRAME + int(np.argmin(energy)) * CUT_FRAME + CUT_FRAME // 2
+            events.append(self._close(self._buf_start + cut, audio))
+            # The rest starts the next window at exactly the cut sample (where _close left _buf_start).
+            self._append(audio[cut:])
+            self._open = True
+            self._silence_run = 0
+            self._since_partial = self._buf_len
+        elif self._since_partial >= self._partial_every:
+            self._since_partial = 0
+            events.append(Window(self._segment, self._buf_start, self._audio(), final=False))
+
+    def _open_window(self, onset: int) -> None:
+        start = max(onset - self._pre_roll, self._floor, self._buf_start)
+        audio = self._audio()[start - self._buf_start:]
+        self._chunks, self._buf_start, self._buf_len = [audio], start, len(audio)
+        self._open = True
+        self._silence_run = 0
+        self._since_partial = self._buf_len
+
+    def _close(self, end: int, audio: np.ndarray | None = None) -> Window:
+        audio = self._audio() if audio is None else audio
+        window = Window(self._segment, self._buf_start, audio[:end - self._buf_start].copy(), final=True)
+        self._segment += 1
+        self._floor = end
+        self._open = False
+        self._voiced_run = 0
+        self._chunks, self._buf_start, self._buf_len = [], end, 0
+        return window
+
+    def _append(self, samples: np.ndarray) -> None:
+        self._chunks.append(samples)
+        self._buf_len += len(samples)
+
+    def _audio(self) -> np.ndarray:
+        if len(self._chunks) != 1:
+            self._chunks = [np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)]
+        return self._chunks[0]
+
+    def _trim_idle(self) -> None:
+        """While idle keep only what a window opening now could reach back to."""
+        keep = self._pre_roll + self._min_speech + self._frame
+        if self._buf_len > 2 * keep:
+            audio = self._audio()[self._buf_len - keep:]
+            self._chunks, self._buf_start, self._buf_len = [audio], self._buf_start + self._buf_len - keep, keep
