@@ -1,0 +1,103 @@
+"""SALM backend: NVIDIA Canary-Qwen-2.5B (or any NeMo speechlm2 SALM checkpoint) through ``model.generate``.
+
+Self-contained on purpose: imports nothing from the rest of the server package.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE // 10  # shorter inputs are zero-padded to 0.1 s so the encoder gets at least one frame
+PROMPT = "Transcribe the following: {tag}"
+
+
+class SalmBackend:
+    name = "salm"
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "cuda",
+        max_tokens_per_second: float = 8.0,
+        min_new_tokens_cap: int = 16,
+    ):
+        # Imported here: loading speechlm2 takes ~10 s, which callers that never build this backend should not pay.
+        import torch
+        from nemo.collections.speechlm2.models import SALM
+        from transformers import GenerationConfig
+
+        self.model = model
+        self.max_tokens_per_second = max_tokens_per_second
+        self.min_new_tokens_cap = min_new_tokens_cap
+        self._torch = torch
+        self._GenerationConfig = GenerationConfig
+        self._device = torch.device(device)
+        # bf16 halves memory and is what the model is run in on GPUs; CPUs get fp32 (bf16 matmuls are slow there).
+        # The preprocessor still computes features in fp32 (it casts its input) and only casts its output.
+        dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+
+        salm = SALM.from_pretrained(model).eval()
+        salm.to(device=self._device, dtype=dtype)
+        # eval() already skips dither, but zero it explicitly so features are deterministic whatever the mode.
+        salm.cfg.perception.preprocessor.dither = 0.0
+        salm.perception.preprocessor.featurizer.dither = 0.0
+        self._salm = salm
+        self._prompt = [{"role": "user", "content": PROMPT.format(tag=salm.audio_locator_tag)}]
+        self._eos_id = salm.text_eos_id
+        self._pad_id = salm.text_pad_id
+
+    def max_new_tokens(self, audio: np.ndarray) -> int:
+        """Generation cap for one clip: bounds the damage of a repetition loop to the audio's plausible length."""
+        return max(self.min_new_tokens_cap, math.ceil(len(audio) / SAMPLE_RATE * self.max_tokens_per_second))
+
+    def transcribe_ids(self, audios: list[np.ndarray]) -> list[list[int]]:
+        """Generated token ids per input, cut at the first EOS, pad dropped."""
+        if not audios:
+            return []
+        torch = self._torch
+        clips = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
+        lens = [max(len(c), MIN_SAMPLES) for c in clips]
+        batch = np.zeros((len(clips), max(lens)), dtype=np.float32)  # right-padded; lengths tell the encoder
+        for row, clip in zip(batch, clips):
+            row[: len(clip)] = clip
+        audio = torch.from_numpy(batch).to(self._device)
+        audio_lens = torch.tensor(lens, dtype=torch.int64, device=self._device)
+        caps = [self.max_new_tokens(c) for c in clips]
+
+        # Greedy, as SALM's default; all settings in one config (transformers warns when kwargs are mixed in).
+        gen_cfg = self._GenerationConfig(
+            bos_token_id=self._salm.text_bos_id,
+            eos_token_id=self._eos_id,
+            pad_token_id=self._pad_id,
+            max_new_tokens=max(caps),
+        )
+        with torch.inference_mode():
+            out = self._salm.generate(
+                # Some formatters (qwen3) rewrite turns in place: give each item its own copy.
+                prompts=[[dict(turn) for turn in self._prompt] for _ in clips],
+                audios=audio,
+                audio_lens=audio_lens,
+                generation_config=gen_cfg,
+            )
+        # Each row is cut at its own cap, so a clip's text does not depend on what it was batched with.
+        return [cut_at_eos(row[:cap], self._eos_id, self._pad_id) for row, cap in zip(out.tolist(), caps)]
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
+        tok = self._salm.tokenizer
+        return [tok.ids_to_text(ids).strip() if ids else "" for ids in self.transcribe_ids(audios)]
+
+    def close(self) -> None:
+        device = self._device
+        self._salm = None
+        if device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+def cut_at_eos(ids: list[int], eos_id: int, pad_id: int | None) -> list[int]:
+    """Keep what precedes the first EOS; rows that finished early are filled with pad after it, drop any pad."""
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id)]
+    return [t for t in ids if t != pad_id]

@@ -1,0 +1,26 @@
+import pytest
+
+from .helpers import run_server
+
+
+@pytest.fixture(scope="session")
+def sphinx_url(tmp_path_factory):
+    """One real server on a loopback port with the embedded pocketsphinx backend."""
+    log = tmp_path_factory.mktemp("logs") / "sphinx-server.log"
+    with run_server("--backend", "sphinx", log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def tiny_salm_dir(tmp_path_factory):
+    from server.tiny_model import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-salm"))
+
+
+@pytest.fixture(scope="session")
+def salm_url(tmp_path_factory, tiny_salm_dir):
+    """One real server loading a tiny random-weight SALM checkpoint from a local directory."""
+    log = tmp_path_factory.mktemp("logs") / "salm-server.log"
+    with run_server("--backend", "salm", "--model", str(tiny_salm_dir), "--device", "cpu", log_path=log) as url:
+        yield url

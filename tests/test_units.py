@@ -1,0 +1,128 @@
+"""Small pure parts: config loading, the protocol parser, the engine's scheduling, the caption writers."""
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from client.captions import to_srt, to_txt, to_vtt
+from server import protocol as P
+from server.config import load_config
+from server.engine import BackendError, Engine
+from server.config import EngineConfig
+
+
+def test_default_config_loads_and_cli_overrides_win(tmp_path):
+    cfg = load_config()
+    assert cfg.backend.name == "auto" and cfg.segmenter.max_window_s == 10.0
+    cfg = load_config(None, {"server.port": "0", "segmenter.vad": "silero", "backend.model": None})
+    assert cfg.server.port == 0 and cfg.segmenter.vad == "silero" and cfg.backend.model == "nvidia/canary-qwen-2.5b"
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("segmenter:\n  hangovr_ms: 300\n", "hangovr_ms"),
+    ("backend:\n  name: whisper\n", "backend.name"),
+    ("segmenter:\n  frame_ms: 25\n", "frame_ms"),
+])
+def test_bad_config_is_refused_with_a_clear_message(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=message):
+        load_config(path)
+
+
+def test_start_defaults_and_all_accepted_rates():
+    assert P.parse_client_text('{"type":"start"}') == P.Start(16000, "pcm_s16le", 1)
+    for rate in P.SAMPLE_RATES:
+        msg = P.parse_client_text(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_f32le"}))
+        assert msg.sample_rate == rate and msg.bytes_per_sample == 4
+
+
+@pytest.mark.parametrize("text, code", [
+    ("", P.BAD_JSON), ("null", P.BAD_MESSAGE), ('"start"', P.BAD_MESSAGE), ('{"type": 3}', P.BAD_MESSAGE),
+    ('{"type":"start","sample_rate":16000.5}', P.UNSUPPORTED_SAMPLE_RATE),
+    ('{"type":"start","sample_rate":true}', P.UNSUPPORTED_SAMPLE_RATE),
+    ('{"type":"start","channels":true}', P.UNSUPPORTED_CHANNELS),
+    ('{"type":"x"}', P.UNKNOWN_TYPE), ('{"type":"' + "a" * 70000 + '"}', P.BAD_MESSAGE),
+])
+def test_parser_errors(text, code):
+    with pytest.raises(P.ProtocolError) as exc:
+        P.parse_client_text(text)
+    assert exc.value.code == code and exc.value.message
+
+
+class RecordingBackend:
+    """A scheduling probe, not a model: it records the batches it is given and echoes each window's length."""
+
+    name, model = "probe", "probe"
+
+    def __init__(self, fail_on: int | None = None):
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.fail_on = fail_on
+
+    def transcribe(self, audios):
+        self.gate.wait(5)
+        self.batches.append([len(a) for a in audios])
+        if self.fail_on in self.batches[-1]:
+            raise RuntimeError("boom")
+        return [str(len(a)) for a in audios]
+
+    def close(self):
+        pass
+
+
+async def test_engine_runs_finals_first_and_supersedes_queued_partials():
+    backend = RecordingBackend()
+    engine = Engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
+    engine.start()
+    blocker = engine.submit("s0", np.zeros(1), final=True)  # occupies the worker until the gate opens
+    await asyncio.sleep(0.05)
+    old = engine.submit("s1", np.zeros(10), final=False)
+    new = engine.submit("s1", np.zeros(11), final=False)
+    other = engine.submit("s2", np.zeros(20), final=False)
+    fin = [engine.submit(f"f{i}", np.zeros(30 + i), final=True) for i in range(3)]
+    backend.gate.set()
+    assert await old is None  # superseded by the newer partial of the same session
+    assert [await f for f in fin] == ["30", "31", "32"] and await new == "11" and await other == "20"
+    assert backend.batches == [[1], [30, 31, 32], [11, 20]]  # finals before partials, at most max_batch
+    assert await blocker == "1"
+    await engine.close()
+
+
+async def test_engine_backend_failure_fails_only_that_batch():
+    backend = RecordingBackend(fail_on=7)
+    backend.gate.set()
+    engine = Engine(backend, EngineConfig(max_batch=1, max_wait_ms=0))
+    engine.start()
+    bad, good = engine.submit("a", np.zeros(7), final=True), engine.submit("b", np.zeros(8), final=True)
+    with pytest.raises(BackendError, match="boom"):
+        await bad
+    assert await good == "8"
+    await engine.close()
+
+
+FINALS = [{"start": 0.0, "end": 2.5, "text": "hello  world"}, {"start": 2.5, "end": 2.5, "text": ""},
+          {"start": 3661.25, "end": 3662.0, "text": "later"}]
+
+
+def test_caption_writers():
+    assert to_srt(FINALS) == ("1\n00:00:00,000 --> 00:00:02,500\nhello world\n\n"
+                              "2\n01:01:01,250 --> 01:01:02,000\nlater\n")
+    assert to_vtt(FINALS) == ("WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nhello world\n\n"
+                              "01:01:01.250 --> 01:01:02.000\nlater\n")
+    assert to_txt(FINALS) == "hello world\nlater\n"
+
+
+async def test_a_final_supersedes_the_queued_partial_of_its_session():
+    backend = RecordingBackend()
+    engine = Engine(backend, EngineConfig(max_batch=4, max_wait_ms=0))
+    engine.start()
+    blocker = engine.submit("s0", np.zeros(1), final=True)
+    await asyncio.sleep(0.05)
+    partial = engine.submit("s1", np.zeros(10), final=False)
+    final = engine.submit("s1", np.zeros(12), final=True)
+    backend.gate.set()
+    assert await partial is None and await final == "12" and await blocker == "1"
+    await engine.close()
