@@ -112,9 +112,9 @@ def ready(session: str, backend: str, model: str, reason: str) -> str:
                   "model": model, "sample_rate": SAMPLE_RATE, "reason": reason})
 
 
-def caption(kind: str, segment: int, start: float, end: float, text: str) -> str:
+def caption(kind: str, segment: int, start: float, end: float, text: str, **extra) -> str:
     """A `partial` or `final` message; start/end are seconds of the stream's own audio."""
-    return _dump({"type": kind, "segment": segment, "start": start, "end": end, "text": text})
+    return _dump({"type": kind, "segment": segment, "start": start, "end": end, "text": text, **extra})
 
 
 def error(code: str, message: str, **extra) -> str:

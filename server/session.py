@@ -26,6 +26,17 @@ def seconds(sample: int) -> float:
     return sample / P.SAMPLE_RATE
 
 
+def stable_prefix(previous: list[str], current: list[str]) -> int:
+    """Leading words on which two consecutive partials agree: such words rarely change later
+    (local agreement), so clients can show them as settled."""
+    n = 0
+    for a, b in zip(previous, current):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 class Session:
     def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, send: Send):
         self.id = session_id
@@ -38,7 +49,7 @@ class Session:
         self._final_sender: asyncio.Task | None = None
         self._partial_tasks: set[asyncio.Task] = set()
         self._open_segment = 0  # segments below this have had their final submitted
-        self._last_partial_end: dict[int, int] = {}
+        self._last_partial: dict[int, tuple[int, list[str]]] = {}  # segment -> (end sample, words) last sent
         self.ended = False
 
     @property
@@ -123,15 +134,18 @@ class Session:
             text = await future
         except BackendError:
             return  # a partial is advisory: the window's final will report the failure if it persists
-        if text is None or w.segment < self._open_segment or self._last_partial_end.get(w.segment, -1) >= w.end:
+        last_end, last_words = self._last_partial.get(w.segment, (-1, []))
+        if text is None or w.segment < self._open_segment or last_end >= w.end:
             return  # superseded, or its final is already on its way
-        self._last_partial_end[w.segment] = w.end
-        await self._send(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text))
+        words = text.split()
+        self._last_partial[w.segment] = (w.end, words)
+        await self._send(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
+                                   stable=stable_prefix(last_words, words)))
 
     async def _send_finals(self) -> None:
         while (item := await self._finals.get()) is not None:
             w, future = item
-            self._last_partial_end.pop(w.segment, None)
+            self._last_partial.pop(w.segment, None)
             try:
                 text = await future
             except BackendError as exc:

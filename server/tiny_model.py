@@ -95,27 +95,14 @@ def _salm_config(hidden: int) -> dict:
     }
 
 
-def missing_keys(model, checkpoint_dir: str | Path) -> list[str]:
-    """State-dict keys of ``model`` absent from the checkpoint (from_pretrained loads with strict=False).
-
-    safetensors stores shared tensors once (with tied embeddings, as in Qwen3-1.7B, lm_head shares the
-    embedding SALM moved out of the LLM), so a key sharing storage with a stored key is not missing.
-    """
-    from safetensors import safe_open
-
-    with safe_open(str(Path(checkpoint_dir) / "model.safetensors"), framework="pt") as f:
-        stored = set(f.keys())
-    sd = model.state_dict()
-    stored_ptrs = {sd[k].data_ptr() for k in stored if k in sd}
-    return [k for k, v in sd.items() if k not in stored and v.data_ptr() not in stored_ptrs]
-
-
 def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny checkpoint to out_dir, reload it through ``SALM.from_pretrained`` and verify it."""
     import torch
     from transformers import Qwen3Config
 
     from nemo.collections.speechlm2.models import SALM
+
+    from .backends.salm import missing_keys
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +132,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out_dir, config=cfg)
 
     loaded = SALM.from_pretrained(str(out_dir))
-    if missing := missing_keys(loaded, out_dir):
+    if missing := missing_keys(loaded, out_dir / "model.safetensors"):
         raise RuntimeError(f"keys missing from {out_dir}: {missing}")
     ref = model.state_dict()
     if any(not torch.equal(ref[k], v) for k, v in loaded.state_dict().items()):

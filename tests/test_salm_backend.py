@@ -90,3 +90,16 @@ def test_cli_writes_a_movable_checkpoint(tmp_path, backend, clips):
     copy = SalmBackend(str(moved), device="cpu")
     # Same seed, same weights: the CLI's checkpoint behaves like the fixture's.
     assert copy.transcribe(clips) == backend.transcribe(clips)
+
+
+def test_a_checkpoint_missing_weights_is_refused(tmp_path, checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = load_file(broken / "model.safetensors")
+    dropped = next(k for k in weights if "encoder" in k)
+    del weights[dropped]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(RuntimeError, match="weights missing"):
+        SalmBackend(str(broken), device="cpu")

@@ -21,6 +21,8 @@ def check_protocol_order(messages: list[dict]) -> None:
         if m["type"] in ("partial", "final"):
             assert m["segment"] not in done, f"{m['type']} of segment {m['segment']} after its final"
             assert 0 <= m["start"] < m["end"] and m["end"] - m["start"] <= 10.0
+        if m["type"] == "partial":
+            assert 0 <= m["stable"] <= len(m["text"].split())
         if m["type"] == "final":
             done.add(m["segment"])
     assert messages[-1]["type"] == "end"

@@ -126,3 +126,12 @@ async def test_a_final_supersedes_the_queued_partial_of_its_session():
     backend.gate.set()
     assert await partial is None and await final == "12" and await blocker == "1"
     await engine.close()
+
+
+def test_stable_prefix_counts_leading_words_two_partials_agree_on():
+    from server.session import stable_prefix
+
+    assert stable_prefix([], "and so my".split()) == 0
+    assert stable_prefix("and so my".split(), "and so my fellow".split()) == 3
+    assert stable_prefix("and so my fella".split(), "and so my fellow americans".split()) == 3
+    assert stable_prefix("an so".split(), "and so".split()) == 0

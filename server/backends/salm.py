@@ -40,6 +40,9 @@ class SalmBackend:
         dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
 
         salm = SALM.from_pretrained(model).eval()
+        # from_pretrained loads with strict=False: a checkpoint missing weights would load "fine" and emit noise.
+        if missing := missing_keys(salm, _weights_file(model)):
+            raise RuntimeError(f"{model}: {len(missing)} weights missing from the checkpoint, e.g. {missing[:3]}")
         salm.to(device=self._device, dtype=dtype)
         # eval() already skips dither, but zero it explicitly so features are deterministic whatever the mode.
         salm.cfg.perception.preprocessor.dither = 0.0
@@ -101,3 +104,29 @@ def cut_at_eos(ids: list[int], eos_id: int, pad_id: int | None) -> list[int]:
     if eos_id in ids:
         ids = ids[: ids.index(eos_id)]
     return [t for t in ids if t != pad_id]
+
+
+def _weights_file(model: str):
+    """model.safetensors of a local checkpoint directory, or of a hub id (already in the cache after loading)."""
+    from pathlib import Path
+
+    if Path(model).is_dir():
+        return Path(model) / "model.safetensors"
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(model, "model.safetensors"))
+
+
+def missing_keys(model, weights_file) -> list[str]:
+    """State-dict keys of ``model`` absent from the safetensors file.
+
+    safetensors stores shared tensors once (with tied embeddings, as in Qwen3-1.7B, lm_head shares the
+    embedding SALM moved out of the LLM), so a key sharing storage with a stored key is not missing.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(weights_file), framework="pt") as f:
+        stored = set(f.keys())
+    sd = model.state_dict()
+    stored_ptrs = {sd[k].data_ptr() for k in stored if k in sd}
+    return [k for k, v in sd.items() if k not in stored and v.data_ptr() not in stored_ptrs]
