@@ -6,7 +6,10 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test install
+# Debian packages the tests need (PortAudio, PulseAudio, Chromium): installed when missing and we are root.
+APT_PACKAGES := $(shell cat .ci/apt-packages.txt)
+
+.PHONY: run test install sysdeps
 
 install: $(STAMP)
 
@@ -20,5 +23,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m server $(ARGS)
 
-test: $(STAMP)
+sysdeps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "missing Debian packages, the tests that need them will fail: $$missing"; fi; \
+	fi
+
+test: sysdeps $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -23,13 +23,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="SALM hub id or local checkpoint directory")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--vad", choices=["webrtc", "silero"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set segmenter.partial_interval_s=1.0 (repeatable)")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
+    overrides = dict(item.split("=", 1) for item in args.set)
     cfg = load_config(args.config, {
-        "server.host": args.host, "server.port": args.port, "backend.name": args.backend,
+        **overrides, "server.host": args.host, "server.port": args.port, "backend.name": args.backend,
         "backend.model": args.model, "backend.device": args.device, "segmenter.vad": args.vad,
     })
     # Loading a model blocks for seconds to minutes: keep it off the event loop like all model work.

@@ -84,6 +84,8 @@ def _build(cls, data: dict, where: str):
         default = getattr(cls(), name)
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
+        elif isinstance(default, bool) and isinstance(value, str):
+            kwargs[name] = value.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(default, bool) or value is None:
             kwargs[name] = value
         else:

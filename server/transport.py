@@ -55,8 +55,12 @@ class CaptionServer:
 
     def health(self) -> dict:
         backend = self.engine.backend
+        stats = self.engine.stats
         return {"status": "ok", "backend": backend.name, "model": backend.model, "sessions": len(self.sessions),
-                "queue_depth": self.engine.queue_depth}
+                "queue_depth": self.engine.queue_depth,
+                "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
+                           "compute_seconds": stats.compute_seconds,
+                           "superseded_partials": stats.superseded_partials}}
 
     def _http(self, connection: ServerConnection, request):
         path, _ = http.split_path(request)
