@@ -48,11 +48,18 @@ class SegmenterConfig:
 
 
 @dataclass
+class RoomsConfig:
+    backlog: int = 50  # recent finals a viewer gets on joining
+    max_rooms: int = 1000  # idle rooms beyond this are forgotten, least recently used first
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
 
     def validate(self) -> "Config":
         s = self.segmenter

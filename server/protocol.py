@@ -5,6 +5,7 @@ Pure functions, no I/O, so that the transport and the session stay small and the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 PROTOCOL_VERSION = 1
@@ -22,6 +23,7 @@ ALREADY_STARTED = "already_started"
 UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
 UNSUPPORTED_ENCODING = "unsupported_encoding"
 UNSUPPORTED_CHANNELS = "unsupported_channels"
+BAD_ROOM = "bad_room"
 BAD_AUDIO = "bad_audio"
 BACKEND_ERROR = "backend_error"
 
@@ -38,6 +40,8 @@ class Start:
     sample_rate: int = SAMPLE_RATE
     encoding: str = "pcm_s16le"
     channels: int = 1
+    room: str | None = None  # publish this stream's captions to a room's viewers
+    speaker: str | None = None  # the label viewers of the room see on these captions
 
     @property
     def bytes_per_sample(self) -> int:
@@ -100,30 +104,47 @@ def _parse_start(msg: dict) -> Start:
     channels = msg.get("channels", 1)
     if channels != 1 or isinstance(channels, bool):
         raise ProtocolError(UNSUPPORTED_CHANNELS, f"only mono audio (channels: 1) is accepted, got {channels!r}")
-    return Start(sample_rate=int(rate), encoding=encoding, channels=1)
+    room = msg.get("room")
+    if room is not None:
+        check_room(room)
+    speaker = msg.get("speaker")
+    if speaker is not None and (not isinstance(speaker, str) or not 0 < len(speaker) <= 64):
+        raise ProtocolError(BAD_MESSAGE, "speaker must be a string of 1 to 64 characters")
+    return Start(sample_rate=int(rate), encoding=encoding, channels=1, room=room, speaker=speaker)
 
 
-def _dump(msg: dict) -> str:
+ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_room(room) -> str:
+    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room):
+        raise ProtocolError(BAD_ROOM, "a room name is 1 to 64 characters: letters, digits, '_', '.', '-' "
+                                      "(starting with a letter or digit)")
+    return room
+
+
+def dump(msg: dict) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-def ready(session: str, backend: str, model: str, reason: str) -> str:
-    return _dump({"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
-                  "model": model, "sample_rate": SAMPLE_RATE, "reason": reason})
+def ready(session: str, backend: str, model: str, reason: str, **extra) -> str:
+    return dump({"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
+                 "model": model, "sample_rate": SAMPLE_RATE, "reason": reason, **extra})
 
 
-def caption(kind: str, segment: int, start: float, end: float, text: str, **extra) -> str:
-    """A `partial` or `final` message; start/end are seconds of the stream's own audio."""
-    return _dump({"type": kind, "segment": segment, "start": start, "end": end, "text": text, **extra})
+def caption(kind: str, segment: int, start: float, end: float, text: str, **extra) -> dict:
+    """A `partial` or `final` message (a dict: rooms add fields before it is sent); start/end are seconds of
+    the stream's own audio."""
+    return {"type": kind, "segment": segment, "start": start, "end": end, "text": text, **extra}
 
 
 def error(code: str, message: str, **extra) -> str:
-    return _dump({"type": "error", "code": code, "message": message, **extra})
+    return dump({"type": "error", "code": code, "message": message, **extra})
 
 
 def pong() -> str:
-    return _dump({"type": "pong"})
+    return dump({"type": "pong"})
 
 
 def end(**extra) -> str:
-    return _dump({"type": "end", **extra})
+    return dump({"type": "end", **extra})

@@ -14,6 +14,7 @@ from . import protocol as P
 from .audio import AudioDecoder
 from .config import SegmenterConfig
 from .engine import BackendError, Engine
+from .rooms import Room, Rooms
 from .segmenter import Segmenter, Window
 from .vad import make_vad
 
@@ -38,11 +39,16 @@ def stable_prefix(previous: list[str], current: list[str]) -> int:
 
 
 class Session:
-    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, send: Send):
+    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, send: Send,
+                 rooms: Rooms | None = None, url_room: str | None = None):
         self.id = session_id
         self._engine = engine
         self._seg_cfg = seg_cfg
         self._send = send
+        self._rooms = rooms
+        self._url_room = url_room  # `?room=` on the URL; a `room` in `start` wins
+        self._room: Room | None = None
+        self._speaker = session_id
         self._decoder: AudioDecoder | None = None
         self._segmenter: Segmenter | None = None
         self._finals: asyncio.Queue = asyncio.Queue()  # (window, future) in segment order, None = no more
@@ -88,11 +94,18 @@ class Session:
         if self.started:
             raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
                                                      "for a new stream")
+        room = start.room or (P.check_room(self._url_room) if self._url_room is not None else None)
         self._decoder = AudioDecoder(start)
         self._segmenter = Segmenter(self._seg_cfg, make_vad(self._seg_cfg))
         self._final_sender = asyncio.create_task(self._send_finals(), name=f"finals-{self.id}")
+        extra = {}
+        if room is not None and self._rooms is not None:
+            self._room = self._rooms.get(room)
+            self._speaker = start.speaker or self.id
+            self._room.speakers[self.id] = self._speaker
+            extra = {"room": room, "speaker": self._speaker}
         backend = self._engine.backend
-        await self._send(P.ready(self.id, backend.name, backend.model, getattr(backend, "reason", "")))
+        await self._send(P.ready(self.id, backend.name, backend.model, getattr(backend, "reason", ""), **extra))
 
     async def stop(self) -> None:
         """Flushes: every open window becomes a final, all finals are sent, then `end`."""
@@ -107,6 +120,8 @@ class Session:
     async def close(self) -> None:
         """The connection is gone: drop queued work, keep nothing running."""
         self.ended = True
+        if self._room is not None:
+            self._room.speakers.pop(self.id, None)
         tasks = [*self._partial_tasks, *([self._final_sender] if self._final_sender else [])]
         for task in tasks:
             task.cancel()
@@ -139,7 +154,7 @@ class Session:
             return  # superseded, or its final is already on its way
         words = text.split()
         self._last_partial[w.segment] = (w.end, words)
-        await self._send(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
+        await self._emit(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
                                    stable=stable_prefix(last_words, words)))
 
     async def _send_finals(self) -> None:
@@ -152,4 +167,10 @@ class Session:
                 await self._send(P.error(P.BACKEND_ERROR, f"segment {w.segment} could not be transcribed: {exc}",
                                          segment=w.segment))
                 text = ""
-            await self._send(P.caption("final", w.segment, seconds(w.start), seconds(w.end), text))
+            await self._emit(P.caption("final", w.segment, seconds(w.start), seconds(w.end), text))
+
+    async def _emit(self, msg: dict) -> None:
+        """A caption to this client, and to the room's viewers (labelled with the speaker) if it joined one."""
+        await self._send(P.dump(msg))
+        if self._room is not None:
+            self._room.publish({**msg, "speaker": self._speaker, "session": self.id})

@@ -1,0 +1,78 @@
+"""Rooms: one or more speakers' captions fanned out to many viewers (`/v1/watch?room=NAME`).
+
+A room keeps a bounded backlog of recent finals for late joiners and outlives its speakers' reconnects. A
+viewer never slows a speaker down: each viewer has its own queue, drained by its own task; when a viewer falls
+behind, its partials are skipped first, and one that falls far behind is disconnected rather than let to grow
+without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from typing import Awaitable, Callable
+
+from . import protocol as P
+
+MAX_QUEUED = 1000  # messages waiting for one viewer before it is dropped as too slow
+MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that viewer are skipped
+
+
+class Viewer:
+    def __init__(self, send: Callable[[str], Awaitable[None]]):
+        self._send = send
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.too_slow = asyncio.Event()
+
+    def offer(self, msg: dict) -> None:
+        if self.too_slow.is_set():
+            return
+        waiting = self._queue.qsize()
+        if waiting >= MAX_QUEUED:
+            self.too_slow.set()
+        elif msg["type"] != "partial" or waiting < MAX_QUEUED_PARTIALS:
+            self._queue.put_nowait(msg)
+
+    async def run(self) -> None:
+        while True:
+            await self._send(P.dump(await self._queue.get()))
+
+
+class Room:
+    def __init__(self, name: str, backlog: int):
+        self.name = name
+        self.backlog: deque[dict] = deque(maxlen=backlog)
+        self.viewers: set[Viewer] = set()
+        self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
+
+    def publish(self, msg: dict) -> None:
+        if msg["type"] == "final":
+            self.backlog.append(msg)
+        for viewer in self.viewers:
+            viewer.offer(msg)
+
+    @property
+    def idle(self) -> bool:
+        return not self.viewers and not self.speakers
+
+
+class Rooms:
+    def __init__(self, backlog: int = 50, max_rooms: int = 1000):
+        self._backlog = backlog
+        self._max_rooms = max_rooms
+        self._rooms: OrderedDict[str, Room] = OrderedDict()  # least recently used first
+
+    def get(self, name: str) -> Room:
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = Room(name, self._backlog)
+            self._evict()
+        self._rooms.move_to_end(name)
+        return room
+
+    def _evict(self) -> None:
+        """Forget the least recently used idle rooms (their backlog goes with them) beyond max_rooms."""
+        for name in [n for n, r in self._rooms.items() if r.idle][:max(0, len(self._rooms) - self._max_rooms)]:
+            del self._rooms[name]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
