@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 LISTEN_PATH = "/v1/listen"
 WATCH_PATH = "/v1/watch"
+# Pages with their own paths (any /room/NAME is room.html; the page's script reads NAME from the URL).
+PAGES = {"/": "index.html", "/overlay": "overlay.html", "/room/": "room.html"}
 MAX_MESSAGE_BYTES = 1 << 20  # 1 s of 48 kHz f32 is 192 KB; larger frames close the connection with 1009
 
 
@@ -73,7 +75,9 @@ class CaptionServer:
             return None  # go on with the websocket handshake
         if path == "/healthz":
             return http.json_response(self.health())
-        return http.static_file(self.web_root, path)
+        if path.startswith("/room/") and path.count("/") == 2:
+            path = "/room/"
+        return http.static_file(self.web_root, PAGES.get(path, path))
 
     async def _handle(self, ws: ServerConnection) -> None:
         path, query = http.split_path(ws.request)
