@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 
 from .backends import create_backend
@@ -23,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="SALM hub id or local checkpoint directory")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--vad", choices=["webrtc", "silero"])
+    p.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
+    p.add_argument("--keyfile", help="TLS private key (PEM)")
+    p.add_argument("--data-dir", help="where transcripts are kept (default: data/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set segmenter.partial_interval_s=1.0 (repeatable)")
     p.add_argument("--log-level", default="INFO")
@@ -34,6 +38,7 @@ async def serve(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, {
         **overrides, "server.host": args.host, "server.port": args.port, "backend.name": args.backend,
         "backend.model": args.model, "backend.device": args.device, "segmenter.vad": args.vad,
+        "server.certfile": args.certfile, "server.keyfile": args.keyfile, "server.data_dir": args.data_dir,
     })
     # Loading a model blocks for seconds to minutes: keep it off the event loop like all model work.
     backend = await asyncio.to_thread(create_backend, cfg.backend)
@@ -45,11 +50,19 @@ async def serve(args: argparse.Namespace) -> None:
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("shutting down")
-    await server.close()
+    log.info("shutting down: flushing open streams (a second signal exits at once)")
+    await server.shutdown()
+    log.info("stopped")
 
 
 def main(argv=None) -> None:

@@ -16,6 +16,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     web_root: str = "web"
+    data_dir: str = "data"  # transcripts (JSONL per session and per room); relative to the repository root
+    certfile: str = ""  # TLS: serve wss:// and https:// when both are set
+    keyfile: str = ""
 
 
 @dataclass
@@ -31,6 +34,7 @@ class BackendConfig:
 class EngineConfig:
     max_batch: int = 16
     max_wait_ms: float = 10.0
+    batch_timeout_s: float = 60.0  # a batch running longer fails its windows (backend_error); the server goes on
 
 
 @dataclass
@@ -54,12 +58,36 @@ class RoomsConfig:
 
 
 @dataclass
+class LimitsConfig:
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    max_session_s: float = 4 * 3600.0  # wall-clock length of one stream
+    idle_timeout_s: float = 60.0  # no message at all for this long closes the stream (after flushing it)
+    max_message_bytes: int = 1 << 20  # websocket frame limit; larger frames close the connection with 1009
+    max_audio_rate: float = 20.0  # x real time, sustained; a faster client is throttled (reads pause)
+    audio_burst_s: float = 30.0  # seconds of audio a client may send at once (e.g. a reconnect's backlog)
+    max_frames_per_s: float = 500.0  # frames per second, sustained, whatever their size
+    max_queued_finals: int = 500  # past this many finals waiting for the engine, new streams get 1013
+    send_timeout_s: float = 30.0  # a client that does not read for this long is disconnected
+    shutdown_deadline_s: float = 15.0  # on SIGTERM, open windows are flushed as finals within this
+
+
+@dataclass
+class AuthConfig:
+    speaker_tokens: list = field(default_factory=list)  # empty: anyone may stream audio
+    viewer_tokens: list = field(default_factory=list)  # empty: anyone may watch rooms and read transcripts
+    origins: list = field(default_factory=list)  # browser Origins allowed; empty: any
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def validate(self) -> "Config":
         s = self.segmenter
@@ -77,6 +105,11 @@ class Config:
             raise ValueError("segmenter.cut_search_s must be > 0 and < max_window_s")
         if self.engine.max_batch < 1:
             raise ValueError("engine.max_batch must be >= 1")
+        if bool(self.server.certfile) != bool(self.server.keyfile):
+            raise ValueError("TLS needs both server.certfile and server.keyfile")
+        for name in ("speaker_tokens", "viewer_tokens", "origins"):
+            if not all(isinstance(v, str) and v for v in getattr(self.auth, name)):
+                raise ValueError(f"auth.{name} must be a list of non-empty strings")
         return self
 
 
@@ -93,6 +126,8 @@ def _build(cls, data: dict, where: str):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
         elif isinstance(default, bool) and isinstance(value, str):
             kwargs[name] = value.strip().lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, list):
+            kwargs[name] = value.split(",") if isinstance(value, str) else list(value or [])
         elif isinstance(default, bool) or value is None:
             kwargs[name] = value
         else:

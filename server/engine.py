@@ -48,6 +48,7 @@ class Engine:
         self.backend = backend
         self._max_batch = cfg.max_batch
         self._max_wait = cfg.max_wait_ms / 1000
+        self._timeout = cfg.batch_timeout_s
         self._finals: deque[_Request] = deque()
         self._partials: dict[str, _Request] = {}  # insertion order = age
         self._wake = asyncio.Event()
@@ -71,6 +72,15 @@ class Engine:
     @property
     def queue_depth(self) -> int:
         return len(self._finals) + len(self._partials)
+
+    @property
+    def queued_finals(self) -> int:
+        return len(self._finals)
+
+    @property
+    def busy(self) -> bool:
+        """More finals waiting than one batch takes: partials would only delay them, so sessions skip them."""
+        return len(self._finals) >= self._max_batch
 
     def submit(self, session: str, audio: np.ndarray, final: bool) -> asyncio.Future:
         """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError."""
@@ -108,20 +118,32 @@ class Engine:
                 continue
             t0 = time.perf_counter()
             try:
-                texts = await loop.run_in_executor(self._pool, self.backend.transcribe, [r.audio for r in batch])
+                work = loop.run_in_executor(self._pool, self.backend.transcribe, [r.audio for r in batch])
+                texts = await asyncio.wait_for(work, self._timeout)
                 if len(texts) != len(batch):
                     raise RuntimeError(f"backend returned {len(texts)} texts for {len(batch)} windows")
+            except asyncio.TimeoutError:
+                # The stuck call cannot be interrupted: leave its thread behind and go on with a fresh one.
+                log.error("a batch of %d windows ran past %.0f s; failing it", len(batch), self._timeout)
+                self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+                self._fail(batch, f"the batch ran past {self._timeout:.0f} s")
+                continue
             except Exception as exc:  # noqa: BLE001 - any backend failure must fail only this batch
                 log.exception("backend failed on a batch of %d windows", len(batch))
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(BackendError(f"{type(exc).__name__}: {exc}"))
+                self._fail(batch, f"{type(exc).__name__}: {exc}")
                 continue
             finally:
                 self._account(batch, time.perf_counter() - t0)
             for r, text in zip(batch, texts):
                 if not r.future.done():
                     r.future.set_result(text)
+
+    @staticmethod
+    def _fail(batch: list[_Request], why: str) -> None:
+        for r in batch:
+            if not r.future.done():
+                r.future.set_exception(BackendError(why))
 
     def _account(self, batch: list[_Request], seconds: float) -> None:
         s = self.stats

@@ -5,6 +5,7 @@ import json
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import unquote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -28,10 +29,13 @@ def not_found(path: str) -> Response:
 
 def static_file(web_root: Path, path: str) -> Response:
     """Serves a file under web_root; `/` is index.html. Paths that resolve outside web_root are 404s."""
-    rel = path.lstrip("/") or "index.html"
+    rel = unquote(path).lstrip("/") or "index.html"
     root = web_root.resolve()
-    target = (root / rel).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
+    try:
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            return not_found(path)
+    except (OSError, ValueError):  # NUL bytes, names too long, ...
         return not_found(path)
     ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     if ctype.startswith("text/") or ctype in ("application/javascript", "text/javascript"):

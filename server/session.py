@@ -15,6 +15,7 @@ from .audio import AudioDecoder
 from .config import SegmenterConfig
 from .engine import BackendError, Engine
 from .rooms import Room, Rooms
+from .storage import TranscriptStore
 from .segmenter import Segmenter, Window
 from .vad import make_vad
 
@@ -40,7 +41,7 @@ def stable_prefix(previous: list[str], current: list[str]) -> int:
 
 class Session:
     def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, send: Send,
-                 rooms: Rooms | None = None, url_room: str | None = None):
+                 rooms: Rooms | None = None, url_room: str | None = None, store: TranscriptStore | None = None):
         self.id = session_id
         self._engine = engine
         self._seg_cfg = seg_cfg
@@ -48,6 +49,7 @@ class Session:
         self._rooms = rooms
         self._url_room = url_room  # `?room=` on the URL; a `room` in `start` wins
         self._room: Room | None = None
+        self._store = store
         self._speaker = session_id
         self._decoder: AudioDecoder | None = None
         self._segmenter: Segmenter | None = None
@@ -62,8 +64,15 @@ class Session:
     def started(self) -> bool:
         return self._segmenter is not None
 
+    @property
+    def bytes_per_second(self) -> int | None:
+        """Of the client's audio, once started: what rate limits are measured in."""
+        return self._decoder.start.sample_rate * self._decoder.start.bytes_per_sample if self._decoder else None
+
     async def on_text(self, text: str) -> None:
         """Handles one text frame. Protocol errors are reported to the client and the session goes on."""
+        if self.ended:
+            return
         try:
             msg = P.parse_client_text(text)
             if isinstance(msg, P.Ping):
@@ -80,6 +89,8 @@ class Session:
             await self._send(P.error(exc.code, exc.message))
 
     async def on_audio(self, data: bytes) -> None:
+        if self.ended:
+            return
         if not self.started:
             await self._send(P.error(P.NOT_STARTED, 'audio before {"type":"start",...}; frame ignored'))
             return
@@ -107,15 +118,17 @@ class Session:
         backend = self._engine.backend
         await self._send(P.ready(self.id, backend.name, backend.model, getattr(backend, "reason", ""), **extra))
 
-    async def stop(self) -> None:
-        """Flushes: every open window becomes a final, all finals are sent, then `end`."""
+    async def stop(self, reason: str | None = None) -> None:
+        """Flushes: every open window becomes a final, all finals are sent, then `end` (with the reason when the
+        server, not the client, ended the stream)."""
         if self.ended:
             return
         self.ended = True
-        self._dispatch(self._segmenter.push(self._decoder.flush()) + self._segmenter.finalize())
-        self._finals.put_nowait(None)
-        await self._final_sender
-        await self._send(P.end())
+        if self.started:
+            self._dispatch(self._segmenter.push(self._decoder.flush()) + self._segmenter.finalize())
+            self._finals.put_nowait(None)
+            await self._final_sender
+        await self._send(P.end(**({"reason": reason} if reason else {})))
 
     async def close(self) -> None:
         """The connection is gone: drop queued work, keep nothing running."""
@@ -135,6 +148,8 @@ class Session:
 
     def _dispatch(self, windows: list[Window]) -> None:
         for w in windows:
+            if not w.final and self._engine.busy:
+                continue  # partials are thinned first when the engine falls behind; finals never are
             future = self._engine.submit(self.id, w.audio, w.final)
             if w.final:
                 self._open_segment = w.segment + 1
@@ -167,7 +182,11 @@ class Session:
                 await self._send(P.error(P.BACKEND_ERROR, f"segment {w.segment} could not be transcribed: {exc}",
                                          segment=w.segment))
                 text = ""
-            await self._emit(P.caption("final", w.segment, seconds(w.start), seconds(w.end), text))
+            final = P.caption("final", w.segment, seconds(w.start), seconds(w.end), text)
+            if self._store is not None:
+                self._store.append(self.id, self._room and self._room.name,
+                                   {**final, "speaker": self._speaker} if self._room else final)
+            await self._emit(final)
 
     async def _emit(self, msg: dict) -> None:
         """A caption to this client, and to the room's viewers (labelled with the speaker) if it joined one."""

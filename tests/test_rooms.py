@@ -31,7 +31,7 @@ async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_t
     seen: list[dict] = []
     viewer = asyncio.create_task(collect(watch_url(sphinx_url, "standup"), seen, until_finals=3))
     await asyncio.sleep(0.5)  # the viewer is in before the speaker starts
-    spoken = await stream_audio(audio, RATE, sphinx_url, speed=4.0,
+    spoken = await stream_audio(audio, RATE, sphinx_url, speed=2.0,
                                 start_extra={"room": "standup", "speaker": "Ada"})
     await viewer
     assert spoken.ready["room"] == "standup" and spoken.ready["speaker"] == "Ada"
