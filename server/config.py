@@ -69,6 +69,7 @@ class LimitsConfig:
     max_frames_per_s: float = 500.0  # frames per second, sustained, whatever their size
     max_queued_finals: int = 500  # past this many finals waiting for the engine, new streams get 1013
     send_timeout_s: float = 30.0  # a client that does not read for this long is disconnected
+    handshake_timeout_s: float = 10.0  # a connection that has not completed its handshake by then is closed
     shutdown_deadline_s: float = 15.0  # on SIGTERM, open windows are flushed as finals within this
 
 

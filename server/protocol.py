@@ -5,6 +5,7 @@ Pure functions, no I/O, so that the transport and the session stay small and the
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -72,8 +73,8 @@ def parse_client_text(text: str) -> ClientMessage:
         raise ProtocolError(BAD_MESSAGE, f"text frame of {len(text)} characters exceeds {MAX_TEXT_FRAME}")
     try:
         msg = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(BAD_JSON, f"text frame is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ProtocolError(BAD_JSON, f"text frame is not valid JSON: {exc}"[:300]) from None
     if not isinstance(msg, dict):
         raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
     kind = msg.get("type")
@@ -92,17 +93,17 @@ def parse_client_text(text: str) -> ClientMessage:
 
 def _parse_start(msg: dict) -> Start:
     rate = msg.get("sample_rate", SAMPLE_RATE)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate != int(rate):
+    if type(rate) not in (int, float) or not math.isfinite(rate) or rate != int(rate):
         raise ProtocolError(UNSUPPORTED_SAMPLE_RATE, f"sample_rate must be an integer, got {rate!r}")
     if int(rate) not in SAMPLE_RATES:
         raise ProtocolError(
             UNSUPPORTED_SAMPLE_RATE, f"sample_rate {int(rate)} is not one of {', '.join(map(str, SAMPLE_RATES))}"
         )
     encoding = msg.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError(UNSUPPORTED_ENCODING, f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     channels = msg.get("channels", 1)
-    if channels != 1 or isinstance(channels, bool):
+    if type(channels) is not int or channels != 1:
         raise ProtocolError(UNSUPPORTED_CHANNELS, f"only mono audio (channels: 1) is accepted, got {channels!r}")
     room = msg.get("room")
     if room is not None:

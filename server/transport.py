@@ -68,6 +68,7 @@ class CaptionServer:
         self._server = await serve(
             self._handle, s.host, s.port, ssl=tls, process_request=self._http,
             max_size=self.cfg.limits.max_message_bytes, select_subprotocol=auth.select_subprotocol,
+            open_timeout=self.cfg.limits.handshake_timeout_s,
             # Non-browser clients send no Origin: an allow-list only constrains browsers.
             origins=[*a.origins, None] if a.origins else None)
 
@@ -116,6 +117,9 @@ class CaptionServer:
 
     def _http(self, connection: ServerConnection, request):
         path, query = http.split_path(request)
+        if getattr(request, "method", "GET") != "GET":
+            return http.response(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET\n", "text/plain; charset=utf-8",
+                                 Allow="GET")
         if path in (LISTEN_PATH, WATCH_PATH):
             return None  # go on with the websocket handshake
         if path == "/healthz":
