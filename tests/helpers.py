@@ -54,8 +54,8 @@ def wer(reference: str, hypothesis: str) -> float:
 
 
 @contextmanager
-def run_server(*args: str, log_path: Path, timeout: float = 180.0):
-    """Starts `python -m server --port 0 ARGS` and yields its websocket URL; stops it after."""
+def server_process(*args: str, log_path: Path, timeout: float = 180.0):
+    """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
@@ -72,13 +72,25 @@ def run_server(*args: str, log_path: Path, timeout: float = 180.0):
                     break
             if url is None:
                 raise RuntimeError(f"server did not start; see {log_path}:\n{log_path.read_text()[-3000:]}")
-            yield url
+            yield url, proc
         finally:
-            proc.terminate()
+            if proc.poll() is None:
+                proc.terminate()
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def run_server(*args: str, log_path: Path, timeout: float = 180.0):
+    """Starts `python -m server --port 0 ARGS` and yields its websocket URL; stops it after."""
+    with server_process(*args, log_path=log_path, timeout=timeout) as (url, _):
+        yield url
+
+
+def http_base(ws_url: str) -> str:
+    return ws_url.replace("ws", "http", 1).removesuffix("/v1/listen")
 
 
 def trim_silence(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
