@@ -108,7 +108,7 @@ class CaptionServer:
         return {"status": "shutting_down" if self._closing else "ok", "backend": backend.name,
                 "model": backend.model, "sessions": len(self.sessions), "viewers": len(self._viewers),
                 "rooms": len(self.rooms), "queue_depth": self.engine.queue_depth,
-                "queued_finals": self.engine.queued_finals,
+                "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(),
                 "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
                            "compute_seconds": stats.compute_seconds,
                            "superseded_partials": stats.superseded_partials}}
@@ -296,3 +296,13 @@ class CaptionServer:
 
 def _params(query: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(query).items()}
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process (Linux), for watching growth over long runs."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        return None
