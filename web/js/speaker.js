@@ -1,0 +1,352 @@
+// Speaker page: microphone -> AudioWorklet (s16le at the context rate) -> /v1/listen; shows captions, keeps
+// the finals for TXT/SRT/VTT downloads, reconnects by itself.
+import {
+  ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, downloadText, el, fileStamp, hms, showState, wsUrl,
+} from "./common.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  state: $("state"), toggle: $("toggle"), level: $("level"), backend: $("backend"), model: $("model"),
+  notice: $("notice"),
+  roomFormSummary: $("room-form-summary"), roomSummary: $("room-summary"), roomInput: $("room-input"),
+  speakerInput: $("speaker-input"), roomLinks: $("room-links"), roomLink: $("room-link"),
+  overlayLink: $("overlay-link"), captions: $("captions"), partial: $("partial"), placeholder: $("placeholder"),
+  scroll: $("scroll"), clear: $("clear"), downloads: [...document.querySelectorAll("[data-format]")],
+};
+
+const MAX_QUEUE_S = 10; // audio kept while reconnecting; older chunks are dropped
+const STOP_TIMEOUT_MS = 15000; // how long to wait for the server's `end` after `stop`
+
+// --- room and label from the page URL --------------------------------------------------------------------
+const params = new URLSearchParams(location.search);
+let room = (params.get("room") || "").trim();
+const speaker = Array.from((params.get("speaker") || "").trim()).slice(0, 64).join(""); // server: 1-64 chars
+if (room && !ROOM_RE.test(room)) {
+  notify(`“${room}” is not a valid room name (1-64 letters, digits, _ . -, starting with a letter or digit); ` +
+    "captions stay on this page.");
+  room = "";
+}
+ui.roomInput.value = room;
+ui.speakerInput.value = speaker;
+if (room) {
+  ui.roomSummary.textContent = `Room: ${room}` + (speaker ? ` · as ${speaker}` : "");
+  ui.roomLink.href = `/room/${encodeURIComponent(room)}`;
+  ui.roomLink.textContent = new URL(ui.roomLink.getAttribute("href"), location.href).href;
+  ui.overlayLink.href = `/overlay?room=${encodeURIComponent(room)}`;
+  ui.overlayLink.textContent = new URL(ui.overlayLink.getAttribute("href"), location.href).href;
+  ui.roomLinks.hidden = false;
+  ui.roomFormSummary.textContent = "Change room or label";
+  document.title = `Live captions · ${room}`;
+}
+
+// --- state ------------------------------------------------------------------------------------------------
+let capture = null; // {stream, ctx, source, node, rate}
+let rate = 48000; // the capture rate of the current or last run: the unit of the sample counters
+let running = false; // the user wants captions (between Start and Stop)
+let stopping = false;
+let stopTimer = null;
+let live = false; // `ready` received on the current connection
+let queue = []; // chunks waiting for a live connection: {index, pcm}
+let captured = 0; // samples captured since Start, at `rate`
+let earlierRuns = 0; // seconds captured by earlier Start..Stop runs: the transcript's clock goes on across them
+let sessionBase = null; // capture sample index of the current session's first sample
+let session = null;
+const finals = []; // {start, end, text, segment, session}: seconds of audio captured since the first Start
+let partial = null; // {segment, text}
+
+const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
+  open: (ws) => {
+    const start = { type: "start", sample_rate: rate, encoding: "pcm_s16le", channels: 1 };
+    if (room) start.room = room;
+    if (speaker) start.speaker = speaker;
+    ws.send(JSON.stringify(start));
+  },
+  message: onMessage,
+  close: () => {
+    live = false;
+    sessionBase = null;
+    setPartial(null); // the open window of the lost session will get no final
+    return running && !stopping;
+  },
+  state: (name, detail) => {
+    if (name === "connecting") setState("connecting", detail.attempt ? "Reconnecting…" : "Connecting…");
+    else if (name === "open") setState("connecting", "Starting stream…");
+    else if (name === "reconnecting") {
+      setState("reconnecting", `Connection lost: retrying in ${(detail.delay / 1000).toFixed(1)} s`);
+    } else if (name === "closed") finishStop();
+  },
+});
+
+// --- messages from the server -----------------------------------------------------------------------------
+function onMessage(msg) {
+  switch (msg.type) {
+    case "ready":
+      live = true;
+      session = msg.session;
+      sessionBase = null;
+      socket.healthy();
+      ui.backend.textContent = String(msg.backend ?? "?");
+      ui.backend.title = msg.reason || "";
+      ui.model.textContent = String(msg.model ?? "?");
+      hideNotice();
+      if (!stopping) setState("live", "Live");
+      flushQueue();
+      break;
+    case "partial":
+      if (msg.session && msg.session !== session) break;
+      setPartial({ segment: msg.segment, text: msg.text || "" });
+      break;
+    case "final":
+      addFinal(msg);
+      break;
+    case "error":
+      notify(`Server: ${msg.message || msg.code}`);
+      if (!live) stop(); // the start was refused: retrying would be refused again
+      break;
+    case "end":
+      finishStop();
+      break;
+    default:
+      break;
+  }
+}
+
+function addFinal(msg) {
+  const offset = earlierRuns + (sessionBase ?? 0) / rate;
+  if (partial && partial.segment <= msg.segment) setPartial(null);
+  const text = String(msg.text || "").trim();
+  if (!text) return;
+  const final = { start: msg.start + offset, end: msg.end + offset, text, segment: msg.segment, session };
+  finals.push(final);
+  const stick = nearBottom();
+  ui.captions.append(el("p", { className: "final" },
+    el("time", { className: "stamp", text: hms(final.start), datetime: `PT${final.start.toFixed(2)}S` }), " ",
+    el("span", { className: "text", text })));
+  ui.placeholder.hidden = true;
+  for (const b of [...ui.downloads, ui.clear]) b.disabled = false;
+  if (stick) scrollDown();
+}
+
+function setPartial(p) {
+  partial = p && p.text ? p : null;
+  const stick = nearBottom();
+  ui.partial.textContent = partial ? partial.text : "";
+  ui.partial.hidden = !partial;
+  if (partial) ui.placeholder.hidden = true;
+  if (stick) scrollDown();
+}
+
+// --- audio ------------------------------------------------------------------------------------------------
+// The AudioContext is made first, synchronously inside the click, so the autoplay policy lets it run even when
+// the permission prompt takes a while. It runs at the device's rate (usually 48 kHz; 44.1 kHz in some
+// set-ups), which the server accepts and resamples to 16 kHz; another rate falls back to a 48 kHz context.
+async function openCapture() {
+  let ctx = new AudioContext({ latencyHint: "interactive" });
+  if (!SERVER_RATES.includes(ctx.sampleRate)) {
+    ctx.close();
+    ctx = new AudioContext({ latencyHint: "interactive", sampleRate: 48000 });
+  }
+  let stream = null;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+    });
+    await ctx.audioWorklet.addModule("/js/pcm-worklet.js");
+    const source = ctx.createMediaStreamSource(stream);
+    const node = new AudioWorkletNode(ctx, "pcm-capture", {
+      numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
+      processorOptions: { chunk: Math.round(ctx.sampleRate / 10) },
+    });
+    const mute = ctx.createGain();
+    mute.gain.value = 0; // keeps the graph pulled without playing the microphone back
+    source.connect(node).connect(mute).connect(ctx.destination);
+    node.port.onmessage = (event) => onChunk(event.data);
+    for (const track of stream.getAudioTracks()) {
+      track.addEventListener("ended", () => {
+        notify("The microphone went away (unplugged or blocked); captioning stopped.");
+        stop();
+      });
+    }
+    await ctx.resume();
+    return { stream, ctx, source, node, rate: ctx.sampleRate };
+  } catch (err) {
+    stream?.getTracks().forEach((t) => t.stop());
+    ctx.close().catch(() => {});
+    throw err;
+  }
+}
+
+function closeCapture() {
+  if (!capture) return;
+  const { stream, ctx, node } = capture;
+  capture = null;
+  node.port.onmessage = null;
+  node.port.postMessage("stop");
+  stream.getTracks().forEach((t) => t.stop());
+  ctx.close().catch(() => {});
+  setLevel(0);
+}
+
+function onChunk({ pcm, samples, rms }) {
+  const chunk = { index: captured, pcm };
+  captured += samples;
+  setLevel(rms);
+  if (!running || stopping) return;
+  if (live) {
+    flushQueue();
+    sendChunk(chunk);
+  } else {
+    queue.push(chunk);
+    const keep = MAX_QUEUE_S * rate;
+    while (queue.length && captured - queue[0].index > keep) queue.shift();
+  }
+}
+
+function sendChunk(chunk) {
+  if (sessionBase === null) sessionBase = chunk.index;
+  socket.send(chunk.pcm);
+}
+
+function flushQueue() {
+  const pending = queue;
+  queue = [];
+  for (const chunk of pending) sendChunk(chunk);
+}
+
+let levelShown = 0;
+function setLevel(rms) {
+  // -60 dBFS .. 0 dBFS -> 0 .. 1, falling slowly so the meter stays readable
+  const db = rms > 0 ? 20 * Math.log10(rms) : -100;
+  const value = Math.min(1, Math.max(0, (db + 60) / 60));
+  levelShown = Math.max(value, levelShown * 0.7);
+  ui.level.style.transform = `scaleX(${levelShown.toFixed(3)})`;
+  ui.level.dataset.hot = levelShown > 0.9 ? "1" : "0";
+}
+
+// --- start / stop -----------------------------------------------------------------------------------------
+async function start() {
+  ui.toggle.disabled = true;
+  hideNotice();
+  setState("connecting", "Opening microphone…");
+  try {
+    capture = await openCapture();
+  } catch (err) {
+    capture = null;
+    setState("error", "Microphone unavailable");
+    notify(`Could not open the microphone: ${err && err.message ? err.message : err}`);
+    ui.toggle.disabled = false;
+    return;
+  }
+  rate = capture.rate;
+  running = true;
+  stopping = false;
+  captured = 0;
+  queue = [];
+  sessionBase = null;
+  setButton(true);
+  ui.toggle.disabled = false;
+  socket.open();
+}
+
+function stop() {
+  if (!running || stopping) return;
+  stopping = true;
+  clearTimeout(stopTimer);
+  closeCapture();
+  queue = [];
+  setButton(false);
+  ui.toggle.disabled = true;
+  if (live && socket.send(JSON.stringify({ type: "stop" }))) {
+    // The server sends the open windows' finals, then `end`, then closes with 1000.
+    setState("stopping", "Finishing the last captions…");
+    socket.stopRetrying();
+    stopTimer = setTimeout(() => socket.close(1000, "stop timeout"), STOP_TIMEOUT_MS);
+  } else {
+    socket.close(1000, "stopped");
+  }
+}
+
+// After `end`, or once the socket is closed for good (after a stop, or when it cannot be opened at all).
+function finishStop() {
+  const unexpected = running && !stopping;
+  clearTimeout(stopTimer);
+  closeCapture();
+  if (running) earlierRuns += captured / rate;
+  running = false;
+  stopping = false;
+  live = false;
+  queue = [];
+  setPartial(null);
+  setButton(false);
+  ui.toggle.disabled = false;
+  if (unexpected) setState("error", "Disconnected");
+  else setState("stopped", "Stopped");
+  if (socket.ws) socket.close(1000, "done");
+}
+
+function setButton(on) {
+  ui.toggle.textContent = on ? "Stop captioning" : "Start captioning";
+  ui.toggle.setAttribute("aria-pressed", on ? "true" : "false");
+  ui.toggle.classList.toggle("danger", on);
+}
+
+ui.toggle.addEventListener("click", () => (running ? stop() : start()));
+
+// --- downloads --------------------------------------------------------------------------------------------
+for (const button of ui.downloads) {
+  button.addEventListener("click", () => {
+    const { build, type } = WRITERS[button.dataset.format];
+    const name = `captions${room ? "-" + room : ""}-${fileStamp()}.${button.dataset.format}`;
+    downloadText(name, build(finals), type);
+  });
+}
+ui.clear.addEventListener("click", () => {
+  finals.length = 0;
+  if (!running) earlierRuns = 0;
+  ui.captions.replaceChildren();
+  for (const b of [...ui.downloads, ui.clear]) b.disabled = true;
+  ui.placeholder.hidden = Boolean(partial);
+});
+
+// --- small UI helpers -------------------------------------------------------------------------------------
+const stateLog = []; // recent states, for tests and debugging
+function setState(state, text) {
+  showState(ui.state, state, text);
+  stateLog.push(state);
+  if (stateLog.length > 200) stateLog.shift();
+}
+
+function notify(text) {
+  ui.notice.textContent = text;
+  ui.notice.hidden = false;
+}
+
+function hideNotice() {
+  ui.notice.hidden = true;
+  ui.notice.textContent = "";
+}
+
+function nearBottom() {
+  const s = ui.scroll;
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
+}
+
+function scrollDown() {
+  ui.scroll.scrollTop = ui.scroll.scrollHeight;
+}
+
+if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+  notify("The microphone needs a secure page: open this page as http://localhost or over https.");
+}
+if (!window.AudioWorkletNode) notify("This browser has no AudioWorklet: use a current Chrome, Edge, Firefox or Safari.");
+
+// For tests and debugging: a read-only view of the transcript and the stream's counters.
+window.captionsDebug = {
+  finals,
+  stateLog,
+  get state() { return ui.state.dataset.state; },
+  get session() { return session; },
+  get rate() { return rate; },
+  get captured() { return captured; },
+  get sessionBase() { return sessionBase; },
+};
