@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -22,10 +23,22 @@ def _init_worker() -> None:
     global _decoder, _cmn0
     from pocketsphinx import Decoder
 
+    _exit_with_parent()
+
     # Batch CMN, reset before every window: with the default live CMN a window's text would depend on the
     # windows decoded before it in this worker (other sessions' audio among them).
     _decoder = Decoder(samprate=SAMPLE_RATE, cmn="batch", loglevel="FATAL")
     _cmn0 = _decoder.get_cmn()
+
+
+def _exit_with_parent() -> None:
+    """Linux: have the kernel end this worker when the server dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _decode(pcm: bytes) -> str:
