@@ -23,10 +23,38 @@ class SalmBackend:
         device: str = "cuda",
         max_tokens_per_second: float = 8.0,
         min_new_tokens_cap: int = 16,
+        merge_lora: bool = True,
     ):
         # Imported here: loading speechlm2 takes ~10 s, which callers that never build this backend should not pay.
-        import torch
         from nemo.collections.speechlm2.models import SALM
+
+        salm = SALM.from_pretrained(model).eval()
+        # from_pretrained loads with strict=False: a checkpoint missing weights would load "fine" and emit noise.
+        # Checked before any LoRA merge, which renames the LLM's keys.
+        if missing := missing_keys(salm, _weights_file(model)):
+            raise RuntimeError(f"{model}: {len(missing)} weights missing from the checkpoint, e.g. {missing[:3]}")
+        self._setup(salm, model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora)
+
+    @classmethod
+    def from_model(
+        cls,
+        salm,
+        model: str = "in-memory SALM",
+        device: str = "cuda",
+        max_tokens_per_second: float = 8.0,
+        min_new_tokens_cap: int = 16,
+        merge_lora: bool = True,
+    ) -> "SalmBackend":
+        """A backend around an already-built SALM, which it moves, casts and merges in place.
+
+        For benchmarks that build a random-weight model on the GPU directly; servers load with the constructor.
+        """
+        backend = cls.__new__(cls)
+        backend._setup(salm.eval(), model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora)
+        return backend
+
+    def _setup(self, salm, model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora) -> None:
+        import torch
         from transformers import GenerationConfig
 
         self.model = model
@@ -39,10 +67,8 @@ class SalmBackend:
         # The preprocessor still computes features in fp32 (it casts its input) and only casts its output.
         dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
 
-        salm = SALM.from_pretrained(model).eval()
-        # from_pretrained loads with strict=False: a checkpoint missing weights would load "fine" and emit noise.
-        if missing := missing_keys(salm, _weights_file(model)):
-            raise RuntimeError(f"{model}: {len(missing)} weights missing from the checkpoint, e.g. {missing[:3]}")
+        # Merged before the cast, so that W + BA is rounded to bf16 once.
+        self.lora_merged = merge_lora and merge_lora_into_llm(salm)
         salm.to(device=self._device, dtype=dtype)
         # eval() already skips dither, but zero it explicitly so features are deterministic whatever the mode.
         salm.cfg.perception.preprocessor.dither = 0.0
@@ -97,6 +123,22 @@ class SalmBackend:
         self._salm = None
         if device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def merge_lora_into_llm(salm) -> bool:
+    """Folds SALM's LoRA adapter into the LLM's weights (W += scale * B @ A) and drops the adapter layers.
+
+    Inference then runs the plain LLM: no extra low-rank matmuls per projection and no peft wrappers. The model
+    can no longer switch its adapter off (``llm.disable_adapter()``) nor be saved as a LoRA checkpoint.
+    Returns whether there was an adapter to merge.
+    """
+    from peft import PeftModel
+
+    if not isinstance(salm.llm, PeftModel):
+        return False
+    # SALM keeps embed_tokens outside the LLM; merging touches only the LoRA-wrapped linear layers.
+    salm.llm = salm.llm.merge_and_unload()
+    return True
 
 
 def cut_at_eos(ids: list[int], eos_id: int, pad_id: int | None) -> list[int]:

@@ -1,0 +1,71 @@
+"""bench.gpu works end to end on the CPU with the tiny model (numbers are not checked: they mean nothing here),
+and its full-size model builder works with small shapes (the GPU run uses the same code at full size)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
+
+from bench.gpu import FULL_SHAPES, build_random_salm, make_backend, schedule  # noqa: E402
+
+from .helpers import ROOT, load_16k  # noqa: E402
+
+
+def test_tiny_run_reports_every_section(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--tiny", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| N |" in proc.stdout and "NeMo SALM.generate" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["mode"] == "tiny" and r["environment"]["torch"] and r["model"]["parameters"] > 0
+
+    assert r["nemo_generate"]["rtfx"] > 0 and r["nemo_generate"]["new_tokens"] == 30
+    assert {e["lora_merged"] for e in r["engine"]} == {False, True}
+    assert all(e["rtfx"] > 0 and e["ratio_to_nemo"] > 0 and e["batches"] >= 1 for e in r["engine"])
+
+    live = r["live"]
+    assert [lv["streams"] for lv in live["levels"]] == [1, 4] and "max_streams_within_slo" in live
+    for lv in live["levels"]:
+        assert lv["finals"]["submitted"] >= 1 and lv["finals"]["errors"] == 0 and lv["partials"]["errors"] == 0
+        assert lv["finals"]["delivered"] == lv["finals"]["submitted"]
+        assert lv["final_latency_s"]["p50"] > 0 and lv["partial_latency_s"]["p50"] > 0
+        assert lv["partials_per_stream_s"] > 0 and lv["batches"] >= 1
+
+    pipe = r["nemo_pipeline"]
+    assert "error" in pipe or (pipe["rtfx"] > 0 and pipe["steps"] > 0), pipe
+
+
+def test_schedule_cuts_windows_like_continuous_speech():
+    events = schedule(streams=4, seconds=25.0, window_s=10.0, interval_s=0.5, offset_room_s=60.0)
+    assert [e.t for e in events] == sorted(e.t for e in events) and all(0 < e.t <= 25.0 for e in events)
+    for s in range(4):
+        mine = [e for e in events if e.stream == s]
+        finals = [e for e in mine if e.final]
+        # one final per 10 s, out of phase across streams; a full window between two finals
+        assert len(finals) in (2, 3) and all(abs(b.t - a.t - 10.0) < 1e-9 for a, b in zip(finals, finals[1:]))
+        assert all(e.end - e.start == 160000 for e in finals[1:])
+        partials = [e for e in mine if not e.final]
+        assert len(partials) + len(finals) == len(mine) and len(mine) == 50  # one window every 0.5 s of audio
+    assert len({e.t for e in events if e.final}) == len([e for e in events if e.final])  # finals spread
+
+
+def test_full_size_builder_with_small_shapes(tmp_path):
+    """build_random_salm at small sizes: Qwen3 with tied embeddings and the real vocabulary, LoRA merged."""
+    small = {**FULL_SHAPES, "hidden": 64, "intermediate": 128, "layers": 2, "heads": 4, "kv_heads": 2,
+             "head_dim": 16, "enc_layers": 2, "enc_d": 32, "enc_heads": 4, "enc_channels": 16, "lora_r": 4,
+             "lora_alpha": 8}
+    model = build_random_salm(small, tmp_path, "cpu")
+    assert model.text_vocab_size == 151936 and model.llm.config.tie_word_embeddings
+    backend = make_backend(model, "cpu", tokens_per_s=3.0, merge=True)
+    assert backend.lora_merged
+    clip = load_16k("ldc93s1.wav")[:16000 * 2]
+    ids = backend.transcribe_ids([clip, clip[:8000]])
+    assert backend.bench_generate_calls == [6]  # the fixed-length hook ran, with the longer clip's cap
+    assert len(ids) == 2 and all(len(row) <= 6 for row in ids)
+    assert all(isinstance(t, str) for t in backend.transcribe([clip]))
