@@ -82,11 +82,6 @@ class Segmenter:
             self._open_window(onset)
         return [self._close(self._pos)] if self._open else []
 
-    @property
-    def position(self) -> int:
-        """Samples consumed so far (framed or pending)."""
-        return self._pos + len(self._pending)
-
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _step(self, frame: np.ndarray, events: list[Window]) -> None:
