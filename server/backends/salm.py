@@ -6,6 +6,7 @@ Self-contained on purpose: imports nothing from the rest of the server package.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -66,6 +67,9 @@ class SalmBackend:
         # bf16 halves memory and is what the model is run in on GPUs; CPUs get fp32 (bf16 matmuls are slow there).
         # The preprocessor still computes features in fp32 (it casts its input) and only casts its output.
         dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+        if self._device.type == "cpu":
+            # Leave a core to the event loop: with every core in torch's matmuls, pings and audio wait.
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
         # Merged before the cast, so that W + BA is rounded to bf16 once.
         self.lora_merged = merge_lora and merge_lora_into_llm(salm)
