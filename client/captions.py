@@ -1,6 +1,8 @@
 """Transcript writers: SRT, WebVTT and plain text from `final` messages (dicts with start, end, text)."""
 from __future__ import annotations
 
+import html
+
 
 def _clock(seconds: float, sep: str) -> str:
     ms = max(0, round(seconds * 1000))
@@ -24,7 +26,8 @@ def to_srt(finals: list[dict]) -> str:
 
 
 def to_vtt(finals: list[dict]) -> str:
-    blocks = [f"{_clock(s, '.')} --> {_clock(e, '.')}\n{t}\n" for s, e, t in _cues(finals)]
+    # WebVTT cue text is markup: "<" opens a tag, "&" a character reference, and "-->" would end the cue.
+    blocks = [f"{_clock(s, '.')} --> {_clock(e, '.')}\n{html.escape(t, quote=False)}\n" for s, e, t in _cues(finals)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 

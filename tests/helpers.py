@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from bench.server import run_server, server_process  # noqa: F401 - the tests' real server, shared with bench/
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -51,42 +48,6 @@ def wer(reference: str, hypothesis: str) -> float:
 
     norm = EnglishTextNormalizer()
     return jiwer.wer(norm(reference), norm(hypothesis) or "<empty>")
-
-
-@contextmanager
-def server_process(*args: str, log_path: Path, timeout: float = 180.0):
-    """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        try:
-            deadline = time.monotonic() + timeout
-            url = None
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                if line.startswith("Serving captions at"):
-                    url = line.split("(websocket ")[1].rstrip(")\n")
-                    break
-            if url is None:
-                raise RuntimeError(f"server did not start; see {log_path}:\n{log_path.read_text()[-3000:]}")
-            yield url, proc
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@contextmanager
-def run_server(*args: str, log_path: Path, timeout: float = 180.0):
-    """Starts `python -m server --port 0 ARGS` and yields its websocket URL; stops it after."""
-    with server_process(*args, log_path=log_path, timeout=timeout) as (url, _):
-        yield url
 
 
 def http_base(ws_url: str) -> str:

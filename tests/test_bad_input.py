@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, stream_audio
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 

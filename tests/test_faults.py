@@ -6,7 +6,6 @@ import signal
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed

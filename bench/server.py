@@ -1,0 +1,62 @@
+"""A real caption server in a subprocess on a free loopback port (the way tests/helpers.py starts one), and its
+/healthz counters."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def server_process(*args: str, log_path: Path, timeout: float = 180.0):
+    """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            url = None
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if line.startswith("Serving captions at"):  # the line `python -m server` prints when ready
+                    url = line.split("(websocket ")[1].rstrip(")\n")
+                    break
+            if url is None:
+                raise RuntimeError(f"server did not start; see {log_path}:\n{log_path.read_text()[-3000:]}")
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
+def run_server(*args: str, log_path: Path, timeout: float = 180.0):
+    """Starts `python -m server --port 0 ARGS` and yields its websocket URL; stops it after."""
+    with server_process(*args, log_path=log_path, timeout=timeout) as (url, _):
+        yield url
+
+
+def health_url(ws_url: str) -> str:
+    """ws://HOST:PORT/v1/listen -> http://HOST:PORT/healthz"""
+    scheme, rest = ws_url.split("://", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}/healthz"
+
+
+def engine_counters(ws_url: str) -> dict:
+    """The engine's cumulative counters (compute_seconds, audio_seconds, ...) from GET /healthz."""
+    with urllib.request.urlopen(health_url(ws_url), timeout=10) as r:
+        return json.load(r)["engine"]
