@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -92,21 +93,11 @@ def load_tiny_salm(workdir: Path):
 
 def make_backend(model, device: str, tokens_per_s: float, merge: bool):
     """Our backend around `model` (merged in place when `merge`), forced to fixed output lengths."""
-    from transformers import GenerationConfig
-
     from server.backends.salm import SalmBackend
 
     backend = SalmBackend.from_model(model, model="random-weight SALM", device=device,
                                      max_tokens_per_second=tokens_per_s, min_new_tokens_cap=1, merge_lora=merge)
-    calls = []
-
-    def fixed_length(**kw):
-        # Random weights give no meaningful EOS: each batch decodes exactly to its cap (the longest window's).
-        calls.append(kw["max_new_tokens"])
-        return GenerationConfig(min_new_tokens=kw["max_new_tokens"], **kw)
-
-    backend._GenerationConfig = fixed_length
-    backend.bench_generate_calls = calls  # checked after the warm-up: the hook must really be used
+    backend.ignore_eos = True  # random weights give no meaningful EOS: each row decodes exactly to its cap
     return backend
 
 
@@ -115,9 +106,10 @@ class Shared:
 
     def __init__(self, backend):
         self.backend, self.name, self.model = backend, backend.name, backend.model
+        self.uses_drafts = getattr(backend, "uses_drafts", False)
 
-    def transcribe(self, audios):
-        return self.backend.transcribe(audios)
+    def transcribe(self, audios, drafts=None):
+        return self.backend.transcribe(audios, drafts) if drafts else self.backend.transcribe(audios)
 
     def close(self) -> None:
         pass
@@ -230,9 +222,6 @@ async def _engine_pass(backend, clips, max_batch: int, max_wait_ms: float) -> tu
 
 def engine_offline(backend, clips, max_batch: int, max_wait_ms: float, repeats: int, merged: bool) -> dict:
     asyncio.run(_engine_pass(backend, clips, max_batch, max_wait_ms))  # warm-up
-    if not backend.bench_generate_calls:
-        raise RuntimeError("SalmBackend no longer builds its GenerationConfig through _GenerationConfig: "
-                           "bench.gpu cannot force fixed output lengths")
     runs = [asyncio.run(_engine_pass(backend, clips, max_batch, max_wait_ms)) for _ in range(repeats)]
     walls = [w for w, _ in runs]
     wall = float(np.median(walls))
@@ -280,11 +269,14 @@ async def _lag_monitor(lags: list[float], period: float = 0.01) -> None:
         lags.append(loop.time() - t - period)
 
 
-async def live_level(backend, streams: int, args, source: np.ndarray, device: str) -> dict:
+async def live_level(backend, streams: int, args, source: np.ndarray, device: str, bucket: bool = True,
+                     drafts: bool = True) -> dict:
     loop = asyncio.get_running_loop()
     engine = Engine(Shared(backend), EngineConfig(max_batch=args.live_max_batch, max_wait_ms=args.max_wait_ms,
-                                                  batch_timeout_s=120))
+                                                  batch_timeout_s=120, bucket_by_length=bucket, drafts=drafts))
     engine.start()
+    decode_before = dataclasses.replace(backend.stats)
+    last_text: dict[tuple[int, int], str] = {}  # (stream, window start) -> its latest partial: the next draft
     events = schedule(streams, args.seconds, args.window_s, args.partial_interval_s,
                       len(source) / RATE - args.seconds - 2 * args.window_s)
     outcomes: list[tuple[Event, str, float, float]] = []  # event, outcome, latency, delivery time
@@ -297,6 +289,8 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
             outcome = "error"
         else:
             outcome = "superseded" if fut.result() is None else "ok"
+            if outcome == "ok" and not ev.final:
+                last_text[ev.stream, ev.start] = fut.result()
         outcomes.append((ev, outcome, now - due, now))
 
     lags: list[float] = []
@@ -312,7 +306,9 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
         if not ev.final and engine.busy:
             skipped += 1  # what a session does: partials are thinned first when the engine falls behind
             continue
-        fut = engine.submit(f"s{ev.stream}", source[ev.start:ev.end], ev.final)
+        fut = engine.submit(f"s{ev.stream}", source[ev.start:ev.end], ev.final,
+                            draft=last_text.pop((ev.stream, ev.start), None) if ev.final else
+                            last_text.get((ev.stream, ev.start)))
         fut.add_done_callback(partial(record, ev, due))
         if ev.final:
             finals.append(fut)
@@ -337,8 +333,13 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
             seen.setdefault(ev.stream, []).append(at)
     gaps = [b - a for ts in seen.values() for a, b in zip(sorted(ts), sorted(ts)[1:])]
     n_final = sum(e.final for e in events)
+    decode = {k: getattr(backend.stats, k) - getattr(decode_before, k) for k in ("steps", "draft_tokens",
+                                                                                 "accepted_tokens")}
     return {
-        "streams": streams, "seconds": args.seconds,
+        "streams": streams, "seconds": args.seconds, "bucket_by_length": bucket, "drafts": drafts,
+        "decode": {**decode, "steps_per_batch": decode["steps"] / stats.batches if stats.batches else None,
+                   "draft_acceptance": decode["accepted_tokens"] / decode["draft_tokens"]
+                   if decode["draft_tokens"] else None},
         "finals": {"submitted": n_final, "delivered": len(final_lat), "missing": n_final - len(final_lat),
                    "errors": count(True, "error")},
         "partials": {"due": len(events) - n_final, "skipped_busy": skipped, "superseded": count(False, "superseded"),
@@ -377,6 +378,57 @@ def live_load(backend, args, device: str, deadline: float, save) -> dict:
     return {"slo_s": args.slo_s, "levels": levels, "max_streams_within_slo": best, "stopped": stopped,
             "max_batch": args.live_max_batch, "max_wait_ms": args.max_wait_ms,
             "partial_interval_s": args.partial_interval_s, "window_s": args.window_s}
+
+
+def ablation(backend, args, device: str) -> list[dict]:
+    """One live level run three times: as configured, without length bucketing, without drafts. The engine keeps
+    each feature only where this says it pays (issue 7)."""
+    source, _ = speech_source(args.seconds + 2 * args.window_s + 120)
+    rows = []
+    for label, bucket, drafts in [("bucketing + drafts", True, True), ("no bucketing", False, True),
+                                  ("no drafts", True, False)]:
+        level = asyncio.run(live_level(backend, args.ablate_n, args, source, device, bucket=bucket, drafts=drafts))
+        level["label"] = label
+        print_live_row(level)
+        rows.append(level)
+    return rows
+
+
+def draft_decoding(backend, source: np.ndarray, args, device: str) -> dict:
+    """Growing windows decoded as one batch three ways: no draft, the previous partial's output as the draft (as
+    live), and the window's own output (every draft token right: the ceiling). Random weights make the middle
+    row's acceptance unlike a real model's, which lies between the other two rows."""
+    rows = 32 if not args.tiny else 4
+    step = int(args.partial_interval_s * RATE)
+    # window i ends (2 + 8 * i / rows) s in, as a partial of a window opened at offset i * 3.7 s
+    ends = [int((2.0 + 8.0 * i / rows) * RATE) // step * step for i in range(rows)]
+    starts = [int(i * 3.7 * RATE) for i in range(rows)]
+    now = [source[s:s + e] for s, e in zip(starts, ends)]
+    before = [source[s:s + e - step] for s, e in zip(starts, ends)]
+    prev_ids = backend.transcribe_ids(before)
+    own_ids = backend.transcribe_ids(now)
+    result = {"batch": rows, "window_s": [ends[0] / RATE, ends[-1] / RATE]}
+    for label, drafts in [("none", None), ("previous partial", prev_ids), ("own output (ceiling)", own_ids)]:
+        walls, st = [], None
+        for _ in range(1 + args.repeats):  # the first is a warm-up
+            s0 = dataclasses.replace(backend.stats)
+            sync(device)
+            t = time.perf_counter()
+            out = backend.transcribe_ids(now, drafts)
+            sync(device)
+            walls.append(time.perf_counter() - t)
+            st = {k: getattr(backend.stats, k) - getattr(s0, k) for k in ("steps", "draft_tokens", "accepted_tokens")}
+        if out != own_ids:
+            raise RuntimeError(f"drafts ({label}) changed the output: the decoder is not exact")
+        result[label] = {"wall_s": float(np.median(walls[1:])), **st}
+    base = result["none"]["wall_s"]
+    print("\n| draft | wall s | vs none | decode steps | draft tokens accepted |")
+    print("|---|---|---|---|---|")
+    for label in ("none", "previous partial", "own output (ceiling)"):
+        r = result[label]
+        print(f"| {label} | {fmt(r['wall_s'], 3)} | {fmt(base / r['wall_s'])}x | {r['steps']} "
+              f"| {r['accepted_tokens']}/{r['draft_tokens']} |", flush=True)
+    return result
 
 
 # -- 4. NeMo's buffered SALM pipeline -------------------------------------------------------------------------------
@@ -455,14 +507,16 @@ def fmt(x, digits=2) -> str:
 def print_live_row(level: dict, header: bool = False) -> None:
     if header:
         print("| N | finals ok/due | final p50 / p95 s | partial p50 / p95 s | partials/stream/s | caption gap p50 s "
-              "| mean batch | busy | loop lag max ms | memory GB end |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| mean batch | busy | steps/batch | draft accepted | loop lag max ms | memory GB end |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         return
     f, fl, pl, mem = level["finals"], level["final_latency_s"], level["partial_latency_s"], level["memory_end"]
-    print(f"| {level['streams']} | {f['delivered']}/{f['submitted']} | {fmt(fl['p50'])} / {fmt(fl['p95'])} "
+    d = level["decode"]
+    n = f"{level['streams']}" + (f" ({level['label']})" if "label" in level else "")
+    print(f"| {n} | {f['delivered']}/{f['submitted']} | {fmt(fl['p50'])} / {fmt(fl['p95'])} "
           f"| {fmt(pl['p50'])} / {fmt(pl['p95'])} | {fmt(level['partials_per_stream_s'])} "
           f"| {fmt(level['caption_gap_s']['p50'])} | {fmt(level['mean_batch'], 1)} | {fmt(level['compute_busy'])} "
-          f"| {fmt(level['loop_lag_ms']['max'], 1)} | {fmt(next(iter(mem.values())))} |", flush=True)
+          f"| {fmt(d['steps_per_batch'], 1)} | {fmt(d['draft_acceptance'])} | {fmt(level['loop_lag_ms']['max'], 1)} | {fmt(next(iter(mem.values())))} |", flush=True)
 
 
 def print_offline(report: dict) -> None:
@@ -521,6 +575,7 @@ def parse_args(argv):
     p.add_argument("--drain-s", type=float, help="wait for outstanding finals after a level (default 20; tiny 10)")
     p.add_argument("--budget-s", type=float, help="stop adding live levels past this (default 360; tiny 150)")
     p.add_argument("--no-nemo-pipeline", action="store_true")
+    p.add_argument("--ablate-n", type=int, help="streams in the bucketing/drafts ablation (default 100; tiny 4)")
     args = p.parse_args(argv)
     tiny = args.tiny
     args.device = args.device or ("cpu" if tiny else "cuda")
@@ -531,6 +586,7 @@ def parse_args(argv):
     args.repeats = args.repeats or (1 if tiny else 3)
     args.drain_s = args.drain_s or (10.0 if tiny else 20.0)
     args.budget_s = args.budget_s or (150.0 if tiny else 360.0)
+    args.ablate_n = args.ablate_n or (4 if tiny else 100)
     return args
 
 
@@ -611,7 +667,13 @@ def main(argv: list[str] | None = None) -> int:
         engine_runs(merged, merged=True)
         print_offline(report)
 
-        # 3. live load on the merged model.
+        # partials: what drafts save on one batch of growing windows
+        save("draft_decoding", draft_decoding(merged, source, args, device))
+
+        # 3. live load on the merged model: bucketing and drafts on and off at one level, then the ramp.
+        print(f"\nAblation at N={args.ablate_n}: {args.seconds} s each")
+        print_live_row({}, header=True)
+        save("ablation", ablation(merged, args, device))
         print(f"\nLive load: max_batch {args.live_max_batch}, max_wait {args.max_wait_ms} ms, partial every "
               f"{args.partial_interval_s} s, {args.window_s} s windows, {args.seconds} s per level")
         print_live_row({}, header=True)

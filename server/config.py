@@ -35,6 +35,8 @@ class EngineConfig:
     max_batch: int = 16
     max_wait_ms: float = 10.0
     batch_timeout_s: float = 60.0  # a batch running longer fails its windows (backend_error); the server goes on
+    bucket_by_length: bool = True  # partials batched with others of similar length (less padding)
+    drafts: bool = True  # the previous partial is passed to backends that take drafts (SALM)
 
 
 @dataclass

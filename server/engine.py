@@ -2,7 +2,11 @@
 
 Sessions submit windows; the engine queues them, forms batches (finals first, then the newest partial of each
 session), and runs the backend in one worker thread so that the event loop never waits on the model. A queued
-partial is superseded (resolved with None) when a newer partial or a final of the same session arrives.
+partial is superseded (resolved with None) when a newer partial or a final of the same session arrives, so under
+load each stream's partials come as often as the engine can serve them, and no more.
+
+A batch costs what its longest window costs (padding), so the partials that fill it are those closest in length to
+the oldest one waiting, which is always taken: nothing starves.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class _Request:
     audio: np.ndarray
     final: bool
     future: asyncio.Future
+    draft: str | None = None  # the window's previous partial text
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Engine:
         self._max_batch = cfg.max_batch
         self._max_wait = cfg.max_wait_ms / 1000
         self._timeout = cfg.batch_timeout_s
+        self._bucket = cfg.bucket_by_length
+        self._drafts = cfg.drafts and getattr(backend, "uses_drafts", False)
         self._finals: deque[_Request] = deque()
         self._partials: dict[str, _Request] = {}  # insertion order = age
         self._wake = asyncio.Event()
@@ -82,14 +89,15 @@ class Engine:
         """More finals waiting than one batch takes: partials would only delay them, so sessions skip them."""
         return len(self._finals) >= self._max_batch
 
-    def submit(self, session: str, audio: np.ndarray, final: bool) -> asyncio.Future:
-        """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError."""
+    def submit(self, session: str, audio: np.ndarray, final: bool, draft: str | None = None) -> asyncio.Future:
+        """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError.
+        `draft`: the text of this window's previous partial, a hint for backends that take one."""
         future = asyncio.get_running_loop().create_future()
         stale = self._partials.pop(session, None)  # older than anything this session sends now
         if stale is not None and not stale.future.done():
             stale.future.set_result(None)
             self.stats.superseded_partials += 1
-        req = _Request(session, audio, final, future)
+        req = _Request(session, audio, final, future, draft)
         if final:
             self._finals.append(req)
         else:
@@ -101,9 +109,22 @@ class Engine:
         batch: list[_Request] = []
         while self._finals and len(batch) < self._max_batch:
             batch.append(self._finals.popleft())
-        while self._partials and len(batch) < self._max_batch:
-            batch.append(self._partials.pop(next(iter(self._partials))))
+        for session in self._pick_partials(self._max_batch - len(batch)):
+            batch.append(self._partials.pop(session))
         return [r for r in batch if not r.future.done()]  # a session that went away cancelled its futures
+
+    def _pick_partials(self, room: int) -> list[str]:
+        """Sessions whose queued partials join the batch: the oldest, and those nearest to it in length."""
+        waiting = list(self._partials)  # oldest first
+        if len(waiting) <= room or room <= 0 or not self._bucket:
+            return waiting[:room]
+        by_length = sorted(waiting, key=lambda s: len(self._partials[s].audio))
+        lengths = [len(self._partials[s].audio) for s in by_length]
+        k = by_length.index(waiting[0])
+        # the run of `room` neighbours in length order that contains the oldest and spans the least
+        first = min(range(max(0, k - room + 1), min(k, len(waiting) - room) + 1),
+                    key=lambda i: lengths[i + room - 1] - lengths[i])
+        return by_length[first:first + room]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -118,7 +139,8 @@ class Engine:
                 continue
             t0 = time.perf_counter()
             try:
-                work = loop.run_in_executor(self._pool, self.backend.transcribe, [r.audio for r in batch])
+                args = [[r.audio for r in batch]] + ([[r.draft for r in batch]] if self._drafts else [])
+                work = loop.run_in_executor(self._pool, self.backend.transcribe, *args)
                 texts = await asyncio.wait_for(work, self._timeout)
                 if len(texts) != len(batch):
                     raise RuntimeError(f"backend returned {len(texts)} texts for {len(batch)} windows")

@@ -57,7 +57,7 @@ class Session:
         self._final_sender: asyncio.Task | None = None
         self._partial_tasks: set[asyncio.Task] = set()
         self._open_segment = 0  # segments below this have had their final submitted
-        self._last_partial: dict[int, tuple[int, list[str]]] = {}  # segment -> (end sample, words) last sent
+        self._last_partial: dict[int, tuple[int, str]] = {}  # segment -> (end sample, text) last sent
         self.ended = False
 
     @property
@@ -150,7 +150,9 @@ class Session:
         for w in windows:
             if not w.final and self._engine.busy:
                 continue  # partials are thinned first when the engine falls behind; finals never are
-            future = self._engine.submit(self.id, w.audio, w.final)
+            # The window's last partial is a draft of its next transcript (the SALM backend checks it in one pass).
+            draft = self._last_partial.get(w.segment, (0, None))[1]
+            future = self._engine.submit(self.id, w.audio, w.final, draft=draft)
             if w.final:
                 self._open_segment = w.segment + 1
                 self._finals.put_nowait((w, future))
@@ -164,13 +166,12 @@ class Session:
             text = await future
         except BackendError:
             return  # a partial is advisory: the window's final will report the failure if it persists
-        last_end, last_words = self._last_partial.get(w.segment, (-1, []))
+        last_end, last_text = self._last_partial.get(w.segment, (-1, ""))
         if text is None or w.segment < self._open_segment or last_end >= w.end:
             return  # superseded, or its final is already on its way
-        words = text.split()
-        self._last_partial[w.segment] = (w.end, words)
+        self._last_partial[w.segment] = (w.end, text)
         await self._emit(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
-                                   stable=stable_prefix(last_words, words)))
+                                   stable=stable_prefix(last_text.split(), text.split())))
 
     async def _send_finals(self) -> None:
         while (item := await self._finals.get()) is not None:

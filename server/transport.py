@@ -5,6 +5,7 @@ stream-level policy lives in session.py, scheduling in engine.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import uuid
@@ -111,7 +112,8 @@ class CaptionServer:
                 "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(),
                 "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
                            "compute_seconds": stats.compute_seconds,
-                           "superseded_partials": stats.superseded_partials}}
+                           "superseded_partials": stats.superseded_partials},
+                **({"decode": dataclasses.asdict(backend.stats)} if hasattr(backend, "stats") else {})}
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
 

@@ -36,6 +36,16 @@ def test_tiny_run_reports_every_section(tmp_path):
         assert lv["final_latency_s"]["p50"] > 0 and lv["partial_latency_s"]["p50"] > 0
         assert lv["partials_per_stream_s"] > 0 and lv["batches"] >= 1
 
+    drafts = r["draft_decoding"]
+    assert drafts["none"]["accepted_tokens"] == 0
+    ceiling = drafts["own output (ceiling)"]  # every draft token right: nothing left to decode step by step
+    assert ceiling["accepted_tokens"] == ceiling["draft_tokens"] > 0 and ceiling["steps"] == 0
+    assert [a["label"] for a in r["ablation"]] == ["bucketing + drafts", "no bucketing", "no drafts"]
+    assert [(a["bucket_by_length"], a["drafts"]) for a in r["ablation"]] == [(True, True), (False, True),
+                                                                              (True, False)]
+    assert all(a["finals"]["delivered"] == a["finals"]["submitted"] for a in r["ablation"])
+    assert r["ablation"][0]["decode"]["draft_tokens"] > 0 and r["ablation"][2]["decode"]["draft_tokens"] == 0
+
     pipe = r["nemo_pipeline"]
     assert "error" in pipe or (pipe["rtfx"] > 0 and pipe["steps"] > 0), pipe
 
@@ -65,6 +75,6 @@ def test_full_size_builder_with_small_shapes(tmp_path):
     assert backend.lora_merged
     clip = load_16k("ldc93s1.wav")[:16000 * 2]
     ids = backend.transcribe_ids([clip, clip[:8000]])
-    assert backend.bench_generate_calls == [6]  # the fixed-length hook ran, with the longer clip's cap
-    assert len(ids) == 2 and all(len(row) <= 6 for row in ids)
+    # fixed lengths: EOS is never chosen, each row decodes to its own cap (2 s and 0.5 s at 3 tokens/s)
+    assert backend.ignore_eos and [len(row) for row in ids] == [6, 2]
     assert all(isinstance(t, str) for t in backend.transcribe([clip]))

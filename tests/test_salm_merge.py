@@ -60,6 +60,7 @@ def test_merged_scores_close_to_unmerged(pair, clips):
 
     def scores(backend):
         salm = backend._salm
+        prompt = [{"role": "user", "content": f"Transcribe the following: {salm.audio_locator_tag}"}]
         lens = [len(c) for c in clips]
         batch = np.zeros((len(clips), max(lens)), np.float32)
         for row, c in zip(batch, clips):
@@ -67,7 +68,7 @@ def test_merged_scores_close_to_unmerged(pair, clips):
         cfg = GenerationConfig(eos_token_id=salm.text_eos_id, pad_token_id=salm.text_pad_id, max_new_tokens=16,
                                min_new_tokens=16, output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode():
-            out = salm.generate(prompts=[[dict(t) for t in backend._prompt] for _ in clips],
+            out = salm.generate(prompts=[[dict(t) for t in prompt] for _ in clips],
                                 audios=torch.from_numpy(batch), audio_lens=torch.tensor(lens), generation_config=cfg)
         return torch.stack(out.logits)  # raw logits (steps, batch, vocab), before any EOS masking
 

@@ -91,6 +91,67 @@ async def test_engine_runs_finals_first_and_supersedes_queued_partials():
     await engine.close()
 
 
+async def test_engine_fills_a_batch_with_partials_near_the_oldest_in_length():
+    backend = RecordingBackend()
+    engine = Engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
+    engine.start()
+    blocker = engine.submit("s0", np.zeros(1), final=True)
+    await asyncio.sleep(0.05)
+    # queued oldest first; the oldest (50) must go first, with its two nearest lengths (45, 60), not 10 or 100
+    lengths = {"a": 50, "b": 10, "c": 100, "d": 45, "e": 12, "f": 60}
+    futures = {s: engine.submit(s, np.zeros(n), final=False) for s, n in lengths.items()}
+    fin = engine.submit("g", np.zeros(99), final=True)
+    backend.gate.set()
+    assert {s: await f for s, f in futures.items()} == {s: str(n) for s, n in lengths.items()}
+    assert await fin == "99" and await blocker == "1"
+    # the final fills one slot and the oldest partial (50) two; then the oldest left (10) with its neighbour
+    assert backend.batches == [[1], [99, 45, 50], [10, 12, 60], [100]]
+    await engine.close()
+
+
+async def test_engine_without_bucketing_takes_partials_oldest_first():
+    backend = RecordingBackend()
+    engine = Engine(backend, EngineConfig(max_batch=2, max_wait_ms=0, bucket_by_length=False))
+    engine.start()
+    blocker = engine.submit("s0", np.zeros(1), final=True)
+    await asyncio.sleep(0.05)
+    futures = [engine.submit(s, np.zeros(n), final=False) for s, n in [("a", 50), ("b", 10), ("c", 49)]]
+    backend.gate.set()
+    await asyncio.gather(blocker, *futures)
+    assert backend.batches == [[1], [50, 10], [49]]
+    await engine.close()
+
+
+class DraftProbe(RecordingBackend):
+    uses_drafts = True
+
+    def __init__(self):
+        super().__init__()
+        self.gate.set()
+        self.drafts: list[list[str | None]] = []
+
+    def transcribe(self, audios, drafts=None):
+        self.drafts.append(drafts)
+        return super().transcribe(audios)
+
+
+async def test_engine_hands_drafts_only_to_backends_that_take_them():
+    backend = DraftProbe()
+    engine = Engine(backend, EngineConfig(max_batch=2, max_wait_ms=20))
+    engine.start()
+    await asyncio.gather(engine.submit("a", np.zeros(5), False, draft="hello"),
+                         engine.submit("b", np.zeros(5), True))
+    assert backend.drafts == [[None, "hello"]]  # the final first, then the partial with its draft
+    await engine.close()
+
+    off = DraftProbe()
+    engine = Engine(off, EngineConfig(max_batch=2, max_wait_ms=0, drafts=False))
+    engine.start()
+    await engine.submit("a", np.zeros(5), False, draft="hello")
+    assert off.drafts == [None]  # called with audio alone
+    await engine.close()
+
+
 async def test_engine_backend_failure_fails_only_that_batch():
     backend = RecordingBackend(fail_on=7)
     backend.gate.set()

@@ -4,6 +4,9 @@
     model: str                                  # what was loaded
     transcribe(audios: list[np.ndarray]) -> list[str]   # one batch, blocking; called from the engine's thread
     close() -> None
+
+A backend with ``uses_drafts = True`` also takes ``transcribe(audios, drafts)``: per window, the text of the
+previous partial of the same window (or None), which it may use to decode faster, never to change the result.
 """
 from __future__ import annotations
 

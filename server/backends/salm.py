@@ -1,22 +1,29 @@
-"""SALM backend: NVIDIA Canary-Qwen-2.5B (or any NeMo speechlm2 SALM checkpoint) through ``model.generate``.
+"""SALM backend: NVIDIA Canary-Qwen-2.5B (or any NeMo speechlm2 SALM checkpoint).
 
-Self-contained on purpose: imports nothing from the rest of the server package.
+The audio prompt is built as ``SALM.generate`` builds it; decoding is our greedy loop (salm_decode.py), which gives
+the same tokens and can check the previous partial's text as a draft. Imports nothing from the rest of the server
+package.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 
 import numpy as np
+
+from .salm_decode import audio_prompt_embeds
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 10  # shorter inputs are zero-padded to 0.1 s so the encoder gets at least one frame
 PROMPT = "Transcribe the following: {tag}"
+RECENT_TEXTS = 4096  # outputs remembered as drafts: more than one per live window at any plausible load
 
 
 class SalmBackend:
     name = "salm"
+    uses_drafts = True  # transcribe() takes the previous partial of each window as a draft
 
     def __init__(
         self,
@@ -56,13 +63,14 @@ class SalmBackend:
 
     def _setup(self, salm, model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora) -> None:
         import torch
-        from transformers import GenerationConfig
+        from nemo.collections.common.prompts import PromptFormatter
+
+        from .salm_decode import DecodeStats, GreedyDecoder
 
         self.model = model
         self.max_tokens_per_second = max_tokens_per_second
         self.min_new_tokens_cap = min_new_tokens_cap
         self._torch = torch
-        self._GenerationConfig = GenerationConfig
         self._device = torch.device(device)
         # bf16 halves memory and is what the model is run in on GPUs; CPUs get fp32 (bf16 matmuls are slow there).
         # The preprocessor still computes features in fp32 (it casts its input) and only casts its output.
@@ -78,16 +86,26 @@ class SalmBackend:
         salm.cfg.perception.preprocessor.dither = 0.0
         salm.perception.preprocessor.featurizer.dither = 0.0
         self._salm = salm
-        self._prompt = [{"role": "user", "content": PROMPT.format(tag=salm.audio_locator_tag)}]
         self._eos_id = salm.text_eos_id
         self._pad_id = salm.text_pad_id
+        # The prompt is the same for every window: formatted and tokenized once.
+        formatter = PromptFormatter.resolve(salm.cfg.prompt_format)(salm.tokenizer)
+        turns = [{"role": "user", "content": PROMPT.format(tag=salm.audio_locator_tag)}]
+        self._prompt_ids = torch.as_tensor(formatter.encode_dialog(turns=turns)["input_ids"]).to(self._device)
+        self._decoder = GreedyDecoder(salm.llm, salm.embed_tokens, self._eos_id, self._pad_id)
+        self.ignore_eos = False  # benchmarks on random weights: every row decodes exactly to its cap
+        self.stats = DecodeStats()  # running totals, for benchmarks and logs
+        # Texts this backend returned lately -> the ids it decoded them from. A draft comes back as text, and
+        # re-tokenizing text need not give back the same ids (byte-level BPE is not canonical on model output).
+        self._recent: OrderedDict[str, list[int]] = OrderedDict()
 
     def max_new_tokens(self, audio: np.ndarray) -> int:
         """Generation cap for one clip: bounds the damage of a repetition loop to the audio's plausible length."""
         return max(self.min_new_tokens_cap, math.ceil(len(audio) / SAMPLE_RATE * self.max_tokens_per_second))
 
-    def transcribe_ids(self, audios: list[np.ndarray]) -> list[list[int]]:
-        """Generated token ids per input, cut at the first EOS, pad dropped."""
+    def transcribe_ids(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None) -> list[list[int]]:
+        """Generated token ids per input, cut at the first EOS, pad dropped. ``drafts``: a guess at each output
+        (the previous partial's ids), checked in the prefill; it changes the cost, never the result."""
         if not audios:
             return []
         torch = self._torch
@@ -98,29 +116,33 @@ class SalmBackend:
             row[: len(clip)] = clip
         audio = torch.from_numpy(batch).to(self._device)
         audio_lens = torch.tensor(lens, dtype=torch.int64, device=self._device)
+        # Each row stops at its own cap, so a clip's text does not depend on what it was batched with.
         caps = [self.max_new_tokens(c) for c in clips]
-
-        # Greedy, as SALM's default; all settings in one config (transformers warns when kwargs are mixed in).
-        gen_cfg = self._GenerationConfig(
-            bos_token_id=self._salm.text_bos_id,
-            eos_token_id=self._eos_id,
-            pad_token_id=self._pad_id,
-            max_new_tokens=max(caps),
-        )
         with torch.inference_mode():
-            out = self._salm.generate(
-                # Some formatters (qwen3) rewrite turns in place: give each item its own copy.
-                prompts=[[dict(turn) for turn in self._prompt] for _ in clips],
-                audios=audio,
-                audio_lens=audio_lens,
-                generation_config=gen_cfg,
-            )
-        # Each row is cut at its own cap, so a clip's text does not depend on what it was batched with.
-        return [cut_at_eos(row[:cap], self._eos_id, self._pad_id) for row, cap in zip(out.tolist(), caps)]
+            embeds, mask = audio_prompt_embeds(self._salm, self._prompt_ids, audio, audio_lens)
+            ids, stats = self._decoder.decode(embeds, mask, caps, drafts, ignore_eos=self.ignore_eos)
+        self.stats.steps += stats.steps
+        self.stats.draft_tokens += stats.draft_tokens
+        self.stats.accepted_tokens += stats.accepted_tokens
+        return [cut_at_eos(row, self._eos_id, self._pad_id) for row in ids]
 
-    def transcribe(self, audios: list[np.ndarray]) -> list[str]:
+    def transcribe(self, audios: list[np.ndarray], drafts: list[str | None] | None = None) -> list[str]:
+        """Text per window; ``drafts`` is the previous partial's text of each window, where there is one."""
         tok = self._salm.tokenizer
-        return [tok.ids_to_text(ids).strip() if ids else "" for ids in self.transcribe_ids(audios)]
+        draft_ids = [self._draft_ids(d) for d in drafts] if drafts else None
+        texts = []
+        for ids in self.transcribe_ids(audios, draft_ids):
+            texts.append(tok.ids_to_text(ids).strip() if ids else "")
+            self._recent[texts[-1]] = ids
+            self._recent.move_to_end(texts[-1])
+        while len(self._recent) > RECENT_TEXTS:
+            self._recent.popitem(last=False)
+        return texts
+
+    def _draft_ids(self, text: str | None) -> list[int]:
+        if not text:
+            return []
+        return self._recent.get(text) or self._salm.tokenizer.text_to_ids(text)
 
     def close(self) -> None:
         device = self._device

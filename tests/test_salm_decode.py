@@ -1,0 +1,82 @@
+"""Our greedy decoder with drafts (server/backends/salm_decode.py) against NeMo's own SALM.generate, on the tiny
+random-weight checkpoint: the same tokens whatever the draft, and fewer sequential steps when the draft is right."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
+
+from server.backends.salm import SalmBackend, cut_at_eos  # noqa: E402
+
+from .helpers import load_16k  # noqa: E402
+
+CAP = 30
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_salm_dir) -> SalmBackend:
+    # merge_lora=False: NeMo's generate below runs the same (unmerged) model object.
+    b = SalmBackend(str(tiny_salm_dir), device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=CAP,
+                    merge_lora=False)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    speech = np.concatenate([load_16k("jfk_16k.wav"), load_16k("ldc93s1.wav")])
+    return [speech[i * 20000: i * 20000 + n] for i, n in enumerate([24000, 56000, 96000, 160000, 8000, 40000])]
+
+
+def nemo_generate(backend: SalmBackend, clips) -> list[list[int]]:
+    from transformers import GenerationConfig
+
+    salm = backend._salm
+    prompt = [{"role": "user", "content": f"Transcribe the following: {salm.audio_locator_tag}"}]
+    batch = np.zeros((len(clips), max(map(len, clips))), np.float32)
+    for row, c in zip(batch, clips):
+        row[: len(c)] = c
+    cfg = GenerationConfig(eos_token_id=salm.text_eos_id, pad_token_id=salm.text_pad_id, max_new_tokens=CAP)
+    with torch.inference_mode():
+        out = salm.generate(prompts=[[dict(t) for t in prompt] for _ in clips], audios=torch.from_numpy(batch),
+                            audio_lens=torch.tensor([len(c) for c in clips]), generation_config=cfg)
+    return [cut_at_eos(row, salm.text_eos_id, salm.text_pad_id) for row in out.tolist()]
+
+
+def test_same_tokens_as_nemo_generate_whatever_the_draft(backend, clips):
+    reference = nemo_generate(backend, clips)
+    assert len({len(r) for r in reference}) >= 1 and all(reference)
+    drafts = {
+        "none": None,
+        "exact": reference,
+        "right then wrong": [r[: len(r) // 2] + [7, 8, 9] for r in reference],
+        "all wrong": [[9] * 20 for _ in reference],
+        "mixed, some empty": [reference[0], [], reference[2][:3], [1, 2], reference[4] + [5] * 40, []],
+    }
+    steps = {}
+    for name, draft in drafts.items():
+        before = backend.stats.steps
+        assert backend.transcribe_ids(clips, draft) == reference, name
+        steps[name] = backend.stats.steps - before
+    # Plain greedy needs CAP - 1 steps after the prefill; a right draft leaves at most one.
+    assert steps["none"] == CAP - 1 and steps["all wrong"] == CAP - 1
+    assert steps["exact"] <= 1 and steps["right then wrong"] < steps["none"]
+
+
+def test_accepted_draft_tokens_are_counted(backend, clips):
+    reference = backend.transcribe_ids(clips[:2])
+    before = (backend.stats.draft_tokens, backend.stats.accepted_tokens)
+    backend.transcribe_ids(clips[:2], [reference[0], reference[1][:4] + [3, 3]])
+    drafted = backend.stats.draft_tokens - before[0]
+    accepted = backend.stats.accepted_tokens - before[1]
+    assert drafted == min(len(reference[0]), CAP - 1) + 6  # a draft is cut to leave room for one new token
+    assert accepted >= min(len(reference[0]), CAP - 1) + 4
+
+
+def test_a_text_draft_never_changes_the_text(backend, clips):
+    texts = backend.transcribe(clips)
+    assert backend.transcribe(clips, drafts=texts) == texts
+    assert backend.transcribe(clips, drafts=[None, "", "hello world", texts[3], None, "x" * 500]) == texts
