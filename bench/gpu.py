@@ -2,15 +2,18 @@
 
     python -m bench.gpu [--tiny] [--device cuda|cpu] [--json OUT] [--streams 1,50,100,200,500,1000] [--seconds S]
 
-One run, with fixed output lengths (min_new_tokens = max_new_tokens, about 3 tokens per second of audio, since
+One run, with fixed output lengths (EOS never chosen, about 3 tokens per second of audio, since
 random weights never end a transcript on their own), reports:
 1. NeMo's plain `SALM.generate` on a batch of 10 s clips: RTFx (audio seconds / wall seconds).
 2. Our engine (server.engine.Engine around SalmBackend, same model object) on the same clips, LoRA unmerged and
    merged, for a few max_batch values: RTFx and the ratio to 1.
 3. Live load: N simulated streams at real-time pace (a partial every 0.5 s of a growing window, a final at the
-   10 s cap, as continuous speech gives): partial/final latency, partial cadence, memory, event-loop lag; the
-   largest N whose p95 final latency stays within --slo-s.
+   10 s cap, as continuous speech gives; each partial and final carries the window's previous partial as a
+   draft, as sessions send them): partial/final latency, partial cadence, decode steps per batch, draft
+   acceptance, memory, event-loop lag; the largest N whose p95 final latency stays within --slo-s.
+   Before the ramp, one level (--ablate-n) runs with length bucketing off, drafts off and 4x max_batch.
 4. NeMo's buffered SALM pipeline (nemo.collections.asr.inference) offline on the same clips, if it runs.
+5. Drafts on one batch of growing windows: none / the previous partial's output / the window's own (ceiling).
 
 The full-size model is built on the GPU directly from the shapes in ../shared/notes/salm.md (no hub, no
 checkpoint). `--tiny` runs the tiny checkpoint of server/tiny_model.py on the CPU so that CI checks the benchmark
@@ -270,9 +273,10 @@ async def _lag_monitor(lags: list[float], period: float = 0.01) -> None:
 
 
 async def live_level(backend, streams: int, args, source: np.ndarray, device: str, bucket: bool = True,
-                     drafts: bool = True) -> dict:
+                     drafts: bool = True, max_batch: int | None = None) -> dict:
     loop = asyncio.get_running_loop()
-    engine = Engine(Shared(backend), EngineConfig(max_batch=args.live_max_batch, max_wait_ms=args.max_wait_ms,
+    max_batch = max_batch or args.live_max_batch
+    engine = Engine(Shared(backend), EngineConfig(max_batch=max_batch, max_wait_ms=args.max_wait_ms,
                                                   batch_timeout_s=120, bucket_by_length=bucket, drafts=drafts))
     engine.start()
     decode_before = dataclasses.replace(backend.stats)
@@ -337,6 +341,7 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
                                                                                  "accepted_tokens")}
     return {
         "streams": streams, "seconds": args.seconds, "bucket_by_length": bucket, "drafts": drafts,
+        "max_batch": max_batch,
         "decode": {**decode, "steps_per_batch": decode["steps"] / stats.batches if stats.batches else None,
                    "draft_acceptance": decode["accepted_tokens"] / decode["draft_tokens"]
                    if decode["draft_tokens"] else None},
@@ -381,13 +386,17 @@ def live_load(backend, args, device: str, deadline: float, save) -> dict:
 
 
 def ablation(backend, args, device: str) -> list[dict]:
-    """One live level run three times: as configured, without length bucketing, without drafts. The engine keeps
-    each feature only where this says it pays (issue 7)."""
+    """One live level run four times: as configured, without length bucketing, without drafts, with 4x the
+    max_batch. The engine keeps each feature only where this says it pays (issue 7)."""
     source, _ = speech_source(args.seconds + 2 * args.window_s + 120)
     rows = []
-    for label, bucket, drafts in [("bucketing + drafts", True, True), ("no bucketing", False, True),
-                                  ("no drafts", True, False)]:
-        level = asyncio.run(live_level(backend, args.ablate_n, args, source, device, bucket=bucket, drafts=drafts))
+    for label, bucket, drafts, max_batch in [("bucketing + drafts", True, True, args.live_max_batch),
+                                             ("no bucketing", False, True, args.live_max_batch),
+                                             ("no drafts", True, False, args.live_max_batch),
+                                             (f"max_batch {4 * args.live_max_batch}", True, True,
+                                              4 * args.live_max_batch)]:
+        level = asyncio.run(live_level(backend, args.ablate_n, args, source, device, bucket=bucket, drafts=drafts,
+                                       max_batch=max_batch))
         level["label"] = label
         print_live_row(level)
         rows.append(level)

@@ -40,9 +40,10 @@ def test_tiny_run_reports_every_section(tmp_path):
     assert drafts["none"]["accepted_tokens"] == 0
     ceiling = drafts["own output (ceiling)"]  # every draft token right: nothing left to decode step by step
     assert ceiling["accepted_tokens"] == ceiling["draft_tokens"] > 0 and ceiling["steps"] == 0
-    assert [a["label"] for a in r["ablation"]] == ["bucketing + drafts", "no bucketing", "no drafts"]
-    assert [(a["bucket_by_length"], a["drafts"]) for a in r["ablation"]] == [(True, True), (False, True),
-                                                                              (True, False)]
+    assert [a["label"] for a in r["ablation"]] == ["bucketing + drafts", "no bucketing", "no drafts",
+                                                   "max_batch 64"]
+    assert [(a["bucket_by_length"], a["drafts"], a["max_batch"]) for a in r["ablation"]] == [
+        (True, True, 16), (False, True, 16), (True, False, 16), (True, True, 64)]
     assert all(a["finals"]["delivered"] == a["finals"]["submitted"] for a in r["ablation"])
     assert r["ablation"][0]["decode"]["draft_tokens"] > 0 and r["ablation"][2]["decode"]["draft_tokens"] == 0
 
