@@ -582,7 +582,7 @@ def parse_args(argv):
     p.add_argument("--slo-s", type=float, default=1.0, help="p95 final latency a level must stay within")
     p.add_argument("--break-s", type=float, default=5.0, help="p95 final latency past which levels stop")
     p.add_argument("--drain-s", type=float, help="wait for outstanding finals after a level (default 20; tiny 10)")
-    p.add_argument("--budget-s", type=float, help="stop adding live levels past this (default 360; tiny 150)")
+    p.add_argument("--budget-s", type=float, help="stop adding live levels past this (default 390; tiny 150)")
     p.add_argument("--no-nemo-pipeline", action="store_true")
     p.add_argument("--ablate-n", type=int, help="streams in the bucketing/drafts ablation (default 100; tiny 4)")
     args = p.parse_args(argv)
@@ -594,7 +594,7 @@ def parse_args(argv):
     args.batch = args.batch or (8 if tiny else 64)
     args.repeats = args.repeats or (1 if tiny else 3)
     args.drain_s = args.drain_s or (10.0 if tiny else 20.0)
-    args.budget_s = args.budget_s or (150.0 if tiny else 360.0)
+    args.budget_s = args.budget_s or (150.0 if tiny else 390.0)
     args.ablate_n = args.ablate_n or (4 if tiny else 100)
     return args
 

@@ -2,7 +2,7 @@
 # The one command for issue 7's GPU measurement, from the repository root on the GPU machine:
 #     bash bench/gpu_run.sh
 # with .whl carried (prepared here by `bash bench/gpu_wheels.sh`). It installs those wheels, prints the
-# machine and versions, runs `python3 -m bench.gpu` under a time limit (the whole script fits in ~8 minutes) and
+# machine and versions, runs `python3 -m bench.gpu` under a time limit (the whole script fits in ~9 minutes) and
 # leaves gpu.json and run.log in $OUT (/tmp/gpu-out where OUT is unset). Extra bench flags: BENCH_ARGS="...".
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -43,8 +43,8 @@ print("import preflight:", "all present" if not missing else "MISSING " + " ".jo
 EOF
 
 echo "== bench"
-# 420 s: the bench stops adding live-load levels after 360 s (its --budget-s default) and then finishes.
-timeout -k 10 420 python3 -m bench.gpu --json "$OUT/gpu.json" ${BENCH_ARGS:-}
+# 460 s: the bench stops adding live-load levels after 390 s (its --budget-s default) and then finishes.
+timeout -k 10 460 python3 -m bench.gpu --json "$OUT/gpu.json" ${BENCH_ARGS:-}
 rc=$?
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
 echo "bench exit $rc after $(( $(date +%s) - start )) s in all"
