@@ -28,6 +28,8 @@ class BackendConfig:
     device: str = "auto"  # auto | cuda | cpu
     max_tokens_per_second: float = 8.0
     min_new_tokens_cap: int = 16
+    static_cache_len: int = 0  # SALM: > 0 decodes batches that fit over preallocated KV caches (0: off)
+    cuda_graphs: bool = False  # SALM on CUDA, with static_cache_len: the decode step replayed as a CUDA graph
 
 
 @dataclass

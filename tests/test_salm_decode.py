@@ -80,3 +80,18 @@ def test_a_text_draft_never_changes_the_text(backend, clips):
     texts = backend.transcribe(clips)
     assert backend.transcribe(clips, drafts=texts) == texts
     assert backend.transcribe(clips, drafts=[None, "", "hello world", texts[3], None, "x" * 500]) == texts
+
+
+@pytest.mark.parametrize("static_len", [256, 96])  # 96: the long clips do not fit and go the dynamic way
+def test_preallocated_kv_cache_gives_the_same_tokens(tiny_salm_dir, backend, clips, static_len):
+    """The static-cache decoder (what CUDA graphs replay on a GPU) pads the batch to a power of two and hides
+    the filler rows; its tokens are NeMo's, with and without drafts, alone or in a batch."""
+    static = SalmBackend(str(tiny_salm_dir), device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=CAP,
+                         merge_lora=False, static_cache_len=static_len)
+    reference = nemo_generate(backend, clips)
+    assert static.transcribe_ids(clips) == reference  # 6 rows in the 8-row cache
+    assert static.transcribe_ids(clips, [r[: len(r) // 2] + [7] for r in reference]) == reference
+    assert static.transcribe_ids(clips[:3]) == reference[:3]  # the 4-row cache
+    assert [static.transcribe_ids([c])[0] for c in clips] == reference
+    used = sorted(static._decoder._static)
+    assert used == ([1, 4, 8] if static_len == 256 else [1])  # at 96 only single clips under 4 s fit

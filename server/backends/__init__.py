@@ -44,7 +44,8 @@ def create_backend(cfg: BackendConfig):
         from .salm import SalmBackend
 
         backend = SalmBackend(cfg.model, device=device, max_tokens_per_second=cfg.max_tokens_per_second,
-                              min_new_tokens_cap=cfg.min_new_tokens_cap)
+                              min_new_tokens_cap=cfg.min_new_tokens_cap, static_cache_len=cfg.static_cache_len,
+                              cuda_graphs=cfg.cuda_graphs)
     else:
         from .sphinx import SphinxBackend
 

@@ -25,14 +25,8 @@ class SalmBackend:
     name = "salm"
     uses_drafts = True  # transcribe() takes the previous partial of each window as a draft
 
-    def __init__(
-        self,
-        model: str,
-        device: str = "cuda",
-        max_tokens_per_second: float = 8.0,
-        min_new_tokens_cap: int = 16,
-        merge_lora: bool = True,
-    ):
+    def __init__(self, model: str, device: str = "cuda", **options):
+        """Loads `model` (hub id or local directory). `options`: see _setup."""
         # Imported here: loading speechlm2 takes ~10 s, which callers that never build this backend should not pay.
         from nemo.collections.speechlm2.models import SALM
 
@@ -41,27 +35,22 @@ class SalmBackend:
         # Checked before any LoRA merge, which renames the LLM's keys.
         if missing := missing_keys(salm, _weights_file(model)):
             raise RuntimeError(f"{model}: {len(missing)} weights missing from the checkpoint, e.g. {missing[:3]}")
-        self._setup(salm, model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora)
+        self._setup(salm, model, device, **options)
 
     @classmethod
-    def from_model(
-        cls,
-        salm,
-        model: str = "in-memory SALM",
-        device: str = "cuda",
-        max_tokens_per_second: float = 8.0,
-        min_new_tokens_cap: int = 16,
-        merge_lora: bool = True,
-    ) -> "SalmBackend":
+    def from_model(cls, salm, model: str = "in-memory SALM", device: str = "cuda", **options) -> "SalmBackend":
         """A backend around an already-built SALM, which it moves, casts and merges in place.
 
         For benchmarks that build a random-weight model on the GPU directly; servers load with the constructor.
         """
         backend = cls.__new__(cls)
-        backend._setup(salm.eval(), model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora)
+        backend._setup(salm.eval(), model, device, **options)
         return backend
 
-    def _setup(self, salm, model, device, max_tokens_per_second, min_new_tokens_cap, merge_lora) -> None:
+    def _setup(self, salm, model: str, device: str, max_tokens_per_second: float = 8.0, min_new_tokens_cap: int = 16,
+               merge_lora: bool = True, static_cache_len: int = 0, cuda_graphs: bool = False) -> None:
+        """max_tokens_per_second / min_new_tokens_cap: each window's generation cap. static_cache_len > 0:
+        batches that fit decode over preallocated KV caches, with the step as a CUDA graph if `cuda_graphs`."""
         import torch
         from nemo.collections.common.prompts import PromptFormatter
 
@@ -92,7 +81,8 @@ class SalmBackend:
         formatter = PromptFormatter.resolve(salm.cfg.prompt_format)(salm.tokenizer)
         turns = [{"role": "user", "content": PROMPT.format(tag=salm.audio_locator_tag)}]
         self._prompt_ids = torch.as_tensor(formatter.encode_dialog(turns=turns)["input_ids"]).to(self._device)
-        self._decoder = GreedyDecoder(salm.llm, salm.embed_tokens, self._eos_id, self._pad_id)
+        self._decoder = GreedyDecoder(salm.llm, salm.embed_tokens, self._eos_id, self._pad_id,
+                                      static_len=static_cache_len, cuda_graphs=cuda_graphs)
         self.ignore_eos = False  # benchmarks on random weights: every row decodes exactly to its cap
         self.stats = DecodeStats()  # running totals, for benchmarks and logs
         # Texts this backend returned lately -> the ids it decoded them from. A draft comes back as text, and
