@@ -94,12 +94,14 @@ def load_tiny_salm(workdir: Path):
     return SALM.from_pretrained(str(write_tiny_checkpoint(workdir / "tiny-salm"))).eval()
 
 
-def make_backend(model, device: str, tokens_per_s: float, merge: bool):
-    """Our backend around `model` (merged in place when `merge`), forced to fixed output lengths."""
+def make_backend(model, device: str, tokens_per_s: float, merge: bool, static_len: int = 0):
+    """Our backend around `model` (merged in place when `merge`), forced to fixed output lengths. static_len > 0:
+    preallocated KV caches, and on CUDA the decode step as a CUDA graph."""
     from server.backends.salm import SalmBackend
 
     backend = SalmBackend.from_model(model, model="random-weight SALM", device=device,
-                                     max_tokens_per_second=tokens_per_s, min_new_tokens_cap=1, merge_lora=merge)
+                                     max_tokens_per_second=tokens_per_s, min_new_tokens_cap=1, merge_lora=merge,
+                                     static_cache_len=static_len, cuda_graphs=static_len > 0)
     backend.ignore_eos = True  # random weights give no meaningful EOS: each row decodes exactly to its cap
     return backend
 
@@ -223,12 +225,13 @@ async def _engine_pass(backend, clips, max_batch: int, max_wait_ms: float) -> tu
     return wall, {"batches": engine.stats.batches}
 
 
-def engine_offline(backend, clips, max_batch: int, max_wait_ms: float, repeats: int, merged: bool) -> dict:
+def engine_offline(backend, clips, max_batch: int, max_wait_ms: float, repeats: int, merged: bool,
+                   decoder: str) -> dict:
     asyncio.run(_engine_pass(backend, clips, max_batch, max_wait_ms))  # warm-up
     runs = [asyncio.run(_engine_pass(backend, clips, max_batch, max_wait_ms)) for _ in range(repeats)]
     walls = [w for w, _ in runs]
     wall = float(np.median(walls))
-    return {"lora_merged": merged, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+    return {"lora_merged": merged, "decoder": decoder, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
             "batches": runs[0][1]["batches"], "wall_s": walls, "rtfx": len(clips) * len(clips[0]) / RATE / wall}
 
 
@@ -535,7 +538,8 @@ def print_offline(report: dict) -> None:
     print(f"| NeMo SALM.generate | adapter | {ng['batch']} | 1 | {fmt(float(np.median(ng['wall_s'])), 3)} "
           f"| {fmt(ng['rtfx'], 1)} | 1.00 |")
     for e in report["engine"]:
-        print(f"| our engine | {'merged' if e['lora_merged'] else 'adapter'} | {e['max_batch']} | {e['batches']} "
+        print(f"| our engine, {e['decoder']} | {'merged' if e['lora_merged'] else 'adapter'} | {e['max_batch']} "
+              f"| {e['batches']} "
               f"| {fmt(float(np.median(e['wall_s'])), 3)} | {fmt(e['rtfx'], 1)} | {fmt(e['ratio_to_nemo'])} |")
     p = report.get("nemo_pipeline", {})
     if "error" in p:
@@ -584,6 +588,8 @@ def parse_args(argv):
     p.add_argument("--drain-s", type=float, help="wait for outstanding finals after a level (default 20; tiny 10)")
     p.add_argument("--budget-s", type=float, help="stop adding live levels past this (default 390; tiny 150)")
     p.add_argument("--no-nemo-pipeline", action="store_true")
+    p.add_argument("--static-len", type=int, default=256,
+                   help="KV positions of the static-cache decoder (prompt + 10 s of audio + draft + output fit)")
     p.add_argument("--ablate-n", type=int, help="streams in the bucketing/drafts ablation (default 100; tiny 4)")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -659,9 +665,10 @@ def main(argv: list[str] | None = None) -> int:
         # 2. our engine on the same clips: adapter first, NeMo's pipeline (4) on that same model, then merged.
         runs = []
 
-        def engine_runs(backend, merged: bool) -> None:
+        def engine_runs(backend, merged: bool, decoder: str = "dynamic KV cache") -> None:
             for mb in args.max_batch:
-                run = engine_offline(backend, clips, mb, args.max_wait_ms, args.repeats, merged=merged)
+                run = engine_offline(backend, clips, mb, args.max_wait_ms, args.repeats, merged=merged,
+                                     decoder=decoder)
                 run["ratio_to_nemo"] = run["rtfx"] / report["nemo_generate"]["rtfx"]
                 runs.append(run)
                 save("engine", runs)
@@ -674,24 +681,40 @@ def main(argv: list[str] | None = None) -> int:
             save("nemo_pipeline", nemo_pipeline(model, clips, device, args.tokens_per_s, workdir))
         merged = make_backend(model, device, args.tokens_per_s, merge=True)
         engine_runs(merged, merged=True)
+        # The same merged model again, decoding over preallocated KV caches (CUDA graphs on CUDA). It is new
+        # code that only a GPU runs in full: a failure is reported and the rest goes on without it.
+        graphs = "static KV cache + CUDA graphs" if device == "cuda" else "static KV cache"
+        fastest = merged
+        try:
+            static = make_backend(model, device, args.tokens_per_s, merge=False, static_len=args.static_len)
+            engine_runs(static, merged=True, decoder=graphs)
+            best = lambda kind: max(e["rtfx"] for e in runs if e["decoder"] == kind and e["lora_merged"])  # noqa
+            if best(graphs) > best("dynamic KV cache"):
+                fastest = static
+        except Exception as exc:  # noqa: BLE001
+            report["static_decoder_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{graphs}: failed ({report['static_decoder_error']}); live load uses the dynamic cache")
+        report["live_decoder"] = graphs if fastest is not merged else "dynamic KV cache"
         print_offline(report)
 
         # partials: what drafts save on one batch of growing windows
-        save("draft_decoding", draft_decoding(merged, source, args, device))
+        save("draft_decoding", draft_decoding(fastest, source, args, device))
 
-        # 3. live load on the merged model: bucketing and drafts on and off at one level, then the ramp.
+        # 3. live load on the merged model, with the faster decoder of the two: bucketing and drafts on and off
+        # at one level, then the ramp.
+        print(f"\nlive load decodes with: {report['live_decoder']}")
         print(f"\nAblation at N={args.ablate_n}: {args.seconds} s each")
         print_live_row({}, header=True)
-        save("ablation", ablation(merged, args, device))
+        save("ablation", ablation(fastest, args, device))
         print(f"\nLive load: max_batch {args.live_max_batch}, max_wait {args.max_wait_ms} ms, partial every "
               f"{args.partial_interval_s} s, {args.window_s} s windows, {args.seconds} s per level")
         print_live_row({}, header=True)
-        live = live_load(merged, args, device, started + args.budget_s,
+        live = live_load(fastest, args, device, started + args.budget_s,
                          lambda partial_live: save("live", partial_live))
         save("live", live)
         print(f"\nlargest N with p95 final latency <= {args.slo_s} s: {live['max_streams_within_slo']} "
               f"({live['stopped']})")
-        merged.close()
+        fastest.close()
 
     save("memory", memory(device))
     if device == "cuda":

@@ -26,6 +26,9 @@ def test_tiny_run_reports_every_section(tmp_path):
 
     assert r["nemo_generate"]["rtfx"] > 0 and r["nemo_generate"]["new_tokens"] == 30
     assert {e["lora_merged"] for e in r["engine"]} == {False, True}
+    # the static-cache decoder ran too (CUDA graphs only on a GPU), and the live sections name their decoder
+    assert {e["decoder"] for e in r["engine"]} == {"dynamic KV cache", "static KV cache"}
+    assert "static_decoder_error" not in r and r["live_decoder"] in {"dynamic KV cache", "static KV cache"}
     assert all(e["rtfx"] > 0 and e["ratio_to_nemo"] > 0 and e["batches"] >= 1 for e in r["engine"])
 
     live = r["live"]
