@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -84,6 +85,9 @@ class SalmBackend:
         self._decoder = GreedyDecoder(salm.llm, salm.embed_tokens, self._eos_id, self._pad_id,
                                       static_len=static_cache_len, cuda_graphs=cuda_graphs)
         self.ignore_eos = False  # benchmarks on random weights: every row decodes exactly to its cap
+        # One batch at a time: the static KV caches are reused from batch to batch, and a batch the engine gave up
+        # on (batch_timeout_s) may still be running when the next one starts.
+        self._lock = threading.Lock()
         self.stats = DecodeStats()  # running totals, for benchmarks and logs
         # Texts this backend returned lately -> the ids it decoded them from. A draft comes back as text, and
         # re-tokenizing text need not give back the same ids (byte-level BPE is not canonical on model output).
@@ -108,7 +112,7 @@ class SalmBackend:
         audio_lens = torch.tensor(lens, dtype=torch.int64, device=self._device)
         # Each row stops at its own cap, so a clip's text does not depend on what it was batched with.
         caps = [self.max_new_tokens(c) for c in clips]
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             embeds, mask = audio_prompt_embeds(self._salm, self._prompt_ids, audio, audio_lens)
             ids, stats = self._decoder.decode(embeds, mask, caps, drafts, ignore_eos=self.ignore_eos)
         self.stats.steps += stats.steps
