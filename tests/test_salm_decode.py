@@ -95,3 +95,30 @@ def test_preallocated_kv_cache_gives_the_same_tokens(tiny_salm_dir, backend, cli
     assert [static.transcribe_ids([c])[0] for c in clips] == reference
     used = sorted(static._decoder._static)
     assert used == ([1, 4, 8] if static_len == 256 else [1])  # at 96 only single clips under 4 s fit
+
+
+def test_the_graphed_step_never_reads_a_value_back_to_the_host(tiny_salm_dir, clips):
+    """A CUDA graph cannot capture a step that reads a tensor's value on the host (`.item()`, `if tensor:`): that
+    would fail on the GPU only. Checked here by recording every op the step dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    static = SalmBackend(str(tiny_salm_dir), device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=CAP,
+                         static_cache_len=256)
+    static.transcribe_ids(clips[:2])  # builds the 2-row runner and leaves it ready for another step
+    runner = static._decoder._static[2]
+    with torch.inference_mode(), Ops() as ops:
+        runner._step(ignore_eos=False)
+    assert any("index_copy" in n for n in ops.names)  # the step really ran the model and wrote the cache
+    # .item() dispatches _local_scalar_dense, `if tensor:` is_nonzero, torch.equal equal; nonzero has a
+    # data-dependent shape. (`.tolist()` dispatches nothing recognisable: none is in salm_decode's step.)
+    host_reads = ("_local_scalar_dense", "is_nonzero", "aten.equal", "aten.nonzero")
+    assert not [n for n in ops.names if any(h in n for h in host_reads)]
