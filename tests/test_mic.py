@@ -258,9 +258,11 @@ class Mic:
         for reader in self._readers:
             reader.start()
 
-    def wait_for(self, text: str, timeout: float = 30) -> None:
+    def wait_for(self, text: str, timeout: float = 30, lines: list[str] | None = None) -> None:
+        """Until `text` shows in a line of stderr (or of `lines`, e.g. self.out)."""
+        lines = self.err if lines is None else lines
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.err):
+        while not any(text in line for line in lines):
             assert self.proc.poll() is None and time.monotonic() < deadline, (text, self.err)
             time.sleep(0.05)
 
@@ -293,6 +295,60 @@ def test_mic_captions_a_clip_played_into_pulseaudio(pulse, sphinx_url, tmp_path)
     assert " ".join(c.content for c in cues) == " ".join(text.split())
     starts = [c.start.total_seconds() for c in cues]
     assert starts == sorted(starts) and cues[-1].end.total_seconds() - starts[0] > 8.0
+
+
+class StalledServer:
+    """A websocket peer that answers `start`, sends one final, then never answers again (not even `stop`): what a
+    client sees from a server stuck in a long batch. Runs its own event loop in a thread."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
+        self.thread.start()
+        assert self.ready.wait(10)
+
+    async def _serve(self):
+        from websockets.asyncio.server import serve
+
+        async def handler(ws):
+            await ws.recv()  # start
+            await ws.send('{"type":"ready","session":"stalled","backend":"none","model":"none"}')
+            await ws.send('{"type":"final","segment":0,"start":0.0,"end":1.0,"text":"before the stall"}')
+            async for _ in ws:  # audio, then stop: never answered
+                pass
+
+        self.stop = asyncio.Event()
+        async with serve(handler, "127.0.0.1", 0) as server:
+            self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/listen"
+            self.ready.set()
+            await self.stop.wait()
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+
+
+def test_a_second_ctrl_c_quits_at_once_and_still_saves(pulse, tmp_path):
+    server = StalledServer()
+    saved = tmp_path / "captions.txt"
+    mic = Mic("--url", server.url, "--save", str(saved), "--stop-timeout", "120", env=pulse.env)
+    try:
+        mic.wait_for("listening on")
+        mic.wait_for("before the stall", lines=mic.out)  # finals go to stdout
+    except AssertionError:
+        mic.proc.kill()
+        server.close()
+        raise
+    mic.proc.send_signal(signal.SIGINT)
+    mic.wait_for("stopping")
+    t = time.monotonic()
+    mic.proc.send_signal(signal.SIGINT)
+    code, out, err = mic.finish(timeout=30)
+    server.close()
+    assert time.monotonic() - t < 10, "the second Ctrl-C did not cut the wait for the last captions short"
+    assert code == 130 and "quit: the last" in err, err
+    assert "before the stall" in out and saved.read_text() == "before the stall\n"
 
 
 def test_list_devices_shows_the_pulseaudio_input(pulse):

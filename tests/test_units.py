@@ -73,12 +73,19 @@ class RecordingBackend:
         pass
 
 
+async def held_engine(backend, cfg: EngineConfig):
+    """A started engine whose worker is busy with a one-sample final until backend.gate opens, so that what the
+    test queues next is batched together."""
+    engine = Engine(backend, cfg)
+    engine.start()
+    blocker = engine.submit("s0", np.zeros(1), final=True)
+    await asyncio.sleep(0.05)
+    return engine, blocker
+
+
 async def test_engine_runs_finals_first_and_supersedes_queued_partials():
     backend = RecordingBackend()
-    engine = Engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
-    engine.start()
-    blocker = engine.submit("s0", np.zeros(1), final=True)  # occupies the worker until the gate opens
-    await asyncio.sleep(0.05)
+    engine, blocker = await held_engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
     old = engine.submit("s1", np.zeros(10), final=False)
     new = engine.submit("s1", np.zeros(11), final=False)
     other = engine.submit("s2", np.zeros(20), final=False)
@@ -93,10 +100,7 @@ async def test_engine_runs_finals_first_and_supersedes_queued_partials():
 
 async def test_engine_fills_a_batch_with_partials_near_the_oldest_in_length():
     backend = RecordingBackend()
-    engine = Engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
-    engine.start()
-    blocker = engine.submit("s0", np.zeros(1), final=True)
-    await asyncio.sleep(0.05)
+    engine, blocker = await held_engine(backend, EngineConfig(max_batch=3, max_wait_ms=0))
     # queued oldest first; the oldest (50) must go first, with its two nearest lengths (45, 60), not 10 or 100
     lengths = {"a": 50, "b": 10, "c": 100, "d": 45, "e": 12, "f": 60}
     futures = {s: engine.submit(s, np.zeros(n), final=False) for s, n in lengths.items()}
@@ -111,10 +115,7 @@ async def test_engine_fills_a_batch_with_partials_near_the_oldest_in_length():
 
 async def test_engine_without_bucketing_takes_partials_oldest_first():
     backend = RecordingBackend()
-    engine = Engine(backend, EngineConfig(max_batch=2, max_wait_ms=0, bucket_by_length=False))
-    engine.start()
-    blocker = engine.submit("s0", np.zeros(1), final=True)
-    await asyncio.sleep(0.05)
+    engine, blocker = await held_engine(backend, EngineConfig(max_batch=2, max_wait_ms=0, bucket_by_length=False))
     futures = [engine.submit(s, np.zeros(n), final=False) for s, n in [("a", 50), ("b", 10), ("c", 49)]]
     backend.gate.set()
     await asyncio.gather(blocker, *futures)
@@ -178,10 +179,7 @@ def test_caption_writers():
 
 async def test_a_final_supersedes_the_queued_partial_of_its_session():
     backend = RecordingBackend()
-    engine = Engine(backend, EngineConfig(max_batch=4, max_wait_ms=0))
-    engine.start()
-    blocker = engine.submit("s0", np.zeros(1), final=True)
-    await asyncio.sleep(0.05)
+    engine, blocker = await held_engine(backend, EngineConfig(max_batch=4, max_wait_ms=0))
     partial = engine.submit("s1", np.zeros(10), final=False)
     final = engine.submit("s1", np.zeros(12), final=True)
     backend.gate.set()
