@@ -118,6 +118,9 @@ class Config:
         return self
 
 
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def _build(cls, data: dict, where: str):
     """Builds dataclass `cls` from a mapping, rejecting unknown keys so that typos do not pass silently."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -130,7 +133,10 @@ def _build(cls, data: dict, where: str):
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value or {}, f"{where}.{name}")
         elif isinstance(default, bool) and isinstance(value, str):
-            kwargs[name] = value.strip().lower() in ("1", "true", "yes", "on")
+            word = value.strip().lower()
+            if word not in TRUE + FALSE:
+                raise ValueError(f"{where}.{name}: {value!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+            kwargs[name] = word in TRUE
         elif isinstance(default, list):
             kwargs[name] = value.split(",") if isinstance(value, str) else list(value or [])
         elif isinstance(default, bool) or value is None:

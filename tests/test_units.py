@@ -24,12 +24,20 @@ def test_default_config_loads_and_cli_overrides_win(tmp_path):
     ("segmenter:\n  hangovr_ms: 300\n", "hangovr_ms"),
     ("backend:\n  name: whisper\n", "backend.name"),
     ("segmenter:\n  frame_ms: 25\n", "frame_ms"),
+    ("backend:\n  cuda_graphs: maybe\n", "cuda_graphs: 'maybe' is not a boolean"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, yaml_text, message):
     path = tmp_path / "c.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ValueError, match=message):
         load_config(path)
+
+
+def test_boolean_overrides_from_the_command_line():
+    cfg = load_config(None, {"backend.cuda_graphs": "on", "engine.drafts": "False", "engine.bucket_by_length": "1"})
+    assert cfg.backend.cuda_graphs is True and cfg.engine.drafts is False and cfg.engine.bucket_by_length is True
+    with pytest.raises(ValueError, match="engine.drafts: 'ture' is not a boolean"):
+        load_config(None, {"engine.drafts": "ture"})
 
 
 def test_start_defaults_and_all_accepted_rates():
