@@ -6,7 +6,8 @@ previous partial's. Plain greedy decoding spends one sequential LLM step per tok
 the draft, those tokens are accepted at once, and decoding continues step by step after the first disagreement.
 The output is what plain greedy decoding gives (tested token for token against ``SALM.generate``): a rejected
 draft token is masked out of the KV cache and the positions that follow are numbered as if it had never been
-there. A draft that is all wrong costs one slightly longer prefill and nothing else.
+there. A draft that is all wrong costs one slightly longer prefill and nothing else. (Exact in fp32; in bf16 a
+draft, like a different batch, can flip a token where the two best logits tie within rounding.)
 
 Rows of a batch accept different lengths: the cache keeps every row's draft slots and the attention mask hides
 each row's rejected ones, so the batch stays rectangular and steps on together.
