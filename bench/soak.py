@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=["tiny-salm", "sphinx"], default="tiny-salm")
     p.add_argument("--model", help="an existing tiny SALM checkpoint directory (default: write a fresh one)")
     p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the server started here, e.g. --set engine.drafts=false")
     args = p.parse_args(argv)
 
     async def run(url: str) -> dict:
@@ -163,6 +165,8 @@ def main(argv=None) -> int:
                 server_args += ["--backend", "salm", "--model", str(model), "--device", "cpu"]
             else:
                 server_args += ["--backend", "sphinx"]
+            for item in args.set:
+                server_args += ["--set", item]
             with run_server(*server_args, log_path=Path(tmp) / "server.log") as url:
                 report = asyncio.run(run(url))
     print(markdown(report))

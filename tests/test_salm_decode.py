@@ -122,3 +122,25 @@ def test_the_graphed_step_never_reads_a_value_back_to_the_host(tiny_salm_dir, cl
     # data-dependent shape. (`.tolist()` dispatches nothing recognisable: none is in salm_decode's step.)
     host_reads = ("_local_scalar_dense", "is_nonzero", "aten.equal", "aten.nonzero")
     assert not [n for n in ops.names if any(h in n for h in host_reads)]
+
+
+def test_drafts_that_do_not_pay_are_mostly_left_out(tiny_salm_dir, clips):
+    """Random weights accept few draft tokens: the backend then tries drafts on one batch in PROBE_EVERY only,
+    and its text never changes either way."""
+    from server.backends.salm import MIN_ACCEPTANCE, PROBE_EVERY
+
+    b = SalmBackend(str(tiny_salm_dir), device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=CAP)
+    texts = b.transcribe(clips[:2])
+    junk = ["zq " * 20] * 2  # tokenizes to ids the model never emits here
+    drafted = []
+    for _ in range(3 * PROBE_EVERY):
+        before = b.stats.draft_tokens
+        assert b.transcribe(clips[:2], drafts=junk) == texts
+        drafted.append(b.stats.draft_tokens > before)
+    assert b._acceptance < MIN_ACCEPTANCE
+    first = drafted.index(False)  # drafts at first, until the average fell below MIN_ACCEPTANCE; then probes only
+    assert 2 <= first <= 6 and sum(drafted[first:]) <= len(drafted) // PROBE_EVERY
+    # right drafts are accepted on the probes, and bring the average back up
+    for _ in range(4 * PROBE_EVERY):
+        b.transcribe(clips[:2], drafts=texts)
+    assert b._acceptance >= MIN_ACCEPTANCE
