@@ -132,7 +132,15 @@ class Engine:
             await self._wake.wait()
             if self.queue_depth < self._max_batch and self._max_wait > 0:
                 await asyncio.sleep(self._max_wait)  # let concurrent streams join this batch
-            batch = self._take_batch()
+            try:
+                batch = self._take_batch()
+            except Exception:  # noqa: BLE001 - a bug here must not stop the engine and hang every session
+                log.exception("forming a batch failed; failing every queued window")
+                queued = [*self._finals, *self._partials.values()]
+                self._finals.clear()
+                self._partials.clear()
+                self._fail(queued, "the engine could not schedule this window")
+                batch = []
             if not self.queue_depth:
                 self._wake.clear()
             if not batch:

@@ -131,6 +131,21 @@ async def test_engine_without_bucketing_takes_partials_oldest_first():
     await engine.close()
 
 
+async def test_a_scheduling_bug_fails_the_queued_windows_and_the_engine_goes_on(monkeypatch):
+    backend = RecordingBackend()
+    backend.gate.set()
+    engine = Engine(backend, EngineConfig(max_batch=4, max_wait_ms=0))
+    real = engine._take_batch
+    monkeypatch.setattr(engine, "_take_batch", lambda: 1 / 0)  # once, then the real one
+    engine.start()
+    doomed = engine.submit("a", np.zeros(3), final=True)
+    with pytest.raises(BackendError, match="could not schedule"):
+        await asyncio.wait_for(doomed, 5)
+    monkeypatch.setattr(engine, "_take_batch", real)
+    assert await asyncio.wait_for(engine.submit("b", np.zeros(4), final=True), 5) == "4"
+    await engine.close()
+
+
 class DraftProbe(RecordingBackend):
     uses_drafts = True
 
