@@ -122,13 +122,14 @@ class SalmBackend:
         self.stats.steps += stats.steps
         self.stats.draft_tokens += stats.draft_tokens
         self.stats.accepted_tokens += stats.accepted_tokens
+        if stats.draft_tokens:
+            self._acceptance += 0.2 * (stats.accepted_tokens / stats.draft_tokens - self._acceptance)
         return [cut_at_eos(row, self._eos_id, self._pad_id) for row in ids]
 
     def transcribe(self, audios: list[np.ndarray], drafts: list[str | None] | None = None) -> list[str]:
         """Text per window; ``drafts`` is the previous partial's text of each window, where there is one."""
         tok = self._salm.tokenizer
         draft_ids = [self._draft_ids(d) for d in drafts] if drafts and self._drafts_pay() else None
-        before = (self.stats.draft_tokens, self.stats.accepted_tokens)
         texts = []
         for ids in self.transcribe_ids(audios, draft_ids):
             texts.append(tok.ids_to_text(ids).strip() if ids else "")
@@ -136,8 +137,6 @@ class SalmBackend:
             self._recent.move_to_end(texts[-1])
         while len(self._recent) > RECENT_TEXTS:
             self._recent.popitem(last=False)
-        if drafted := self.stats.draft_tokens - before[0]:
-            self._acceptance += 0.2 * ((self.stats.accepted_tokens - before[1]) / drafted - self._acceptance)
         return texts
 
     def _drafts_pay(self) -> bool:

@@ -182,6 +182,13 @@ class _StaticRunner:
         self.cuda_graphs = cuda_graphs
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.rows = 0
+        # what a step reads and writes, at fixed addresses
+        device = dec.embed.weight.device
+        self.keys = torch.zeros((size, length), dtype=torch.bool, device=device)  # which cache slots each row sees
+        self.ids = torch.full((size,), dec.pad_id, dtype=torch.long, device=device)
+        self.pos = torch.zeros((size, 1), dtype=torch.long, device=device)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=device)
+        self.out = torch.zeros((size,), dtype=torch.long, device=device)
 
     def prefill(self, x, mask, keep: int, ignore_eos: bool) -> torch.Tensor:
         rows, width, hidden = x.shape
@@ -203,13 +210,6 @@ class _StaticRunner:
         return self.dec.choose(logits[:rows], ignore_eos)
 
     def start(self, mask, last) -> None:
-        if not hasattr(self, "keys"):
-            device = last.device
-            self.keys = torch.zeros((self.size, self.length), dtype=torch.bool, device=device)
-            self.ids = torch.full((self.size,), self.dec.pad_id, dtype=torch.long, device=device)
-            self.pos = torch.zeros((self.size, 1), dtype=torch.long, device=device)
-            self.slot = torch.zeros((1,), dtype=torch.long, device=device)
-            self.out = torch.zeros((self.size,), dtype=torch.long, device=device)
         rows = mask.shape[0]
         self.keys.zero_()
         self.keys[:rows, : self.width] = mask.bool()
