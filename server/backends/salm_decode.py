@@ -156,7 +156,6 @@ class _DynamicRunner:
         self.cache = DynamicCache(config=dec.config)
 
     def prefill(self, x, mask, keep: int, ignore_eos: bool) -> torch.Tensor:
-        self.mask = mask
         return self.dec.choose(self.dec.forward(x, mask, self.cache, keep), ignore_eos)
 
     def start(self, mask, last) -> None:
