@@ -40,6 +40,7 @@ import numpy as np
 
 from server.config import EngineConfig, load_config
 from server.engine import Engine
+from server.looplag import LoopLag
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -266,15 +267,6 @@ def schedule(streams: int, seconds: float, window_s: float, interval_s: float, o
     return sorted(events, key=lambda e: e.t)
 
 
-async def _lag_monitor(lags: list[float], period: float = 0.01) -> None:
-    """How late a 10 ms sleep wakes up: a blocked event loop shows here."""
-    loop = asyncio.get_running_loop()
-    while True:
-        t = loop.time()
-        await asyncio.sleep(period)
-        lags.append(loop.time() - t - period)
-
-
 async def live_level(backend, streams: int, args, source: np.ndarray, device: str, bucket: bool = True,
                      drafts: bool = True, max_batch: int | None = None) -> dict:
     loop = asyncio.get_running_loop()
@@ -300,8 +292,8 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
                 last_text[ev.stream, ev.start] = fut.result()
         outcomes.append((ev, outcome, now - due, now))
 
-    lags: list[float] = []
-    monitor = asyncio.create_task(_lag_monitor(lags))
+    lag = LoopLag(period_s=0.01, keep=1_000_000)  # a blocked event loop shows here
+    lag.start()
     mem_start = memory(device)  # flat memory: allocated at the end of each level matches its start
     skipped, late, finals = 0, 0.0, []
     t0 = loop.time() + 0.05
@@ -324,7 +316,8 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
         await asyncio.wait(finals, timeout=args.drain_s)
     drain = loop.time() - t_end
     stats = engine.stats
-    monitor.cancel()
+    lag.stop()
+    lag_ms = lag.snapshot()
     await engine.close()  # cancels what is still queued; those finals count as missing
     mem_end = memory(device)
 
@@ -358,7 +351,7 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
         "caption_gap_s": {"p50": pct(gaps, 50), "p95": pct(gaps, 95)},
         "batches": stats.batches, "mean_batch": stats.windows / stats.batches if stats.batches else None,
         "compute_busy": stats.compute_seconds / (args.seconds + drain),
-        "loop_lag_ms": {"p99": (pct(lags, 99) or 0) * 1000, "max": max(lags, default=0) * 1000},
+        "loop_lag_ms": {"p99": lag_ms["recent_p99_ms"] or 0, "max": lag_ms["max_ms"]},
         "driver_late_ms_max": late * 1000,
         "drain_s": drain,
         "memory_start": mem_start, "memory_end": mem_end,

@@ -117,7 +117,8 @@ async def soak(url: str, clients: int, seconds: float) -> dict:
         "rss_mb_warm": round(float(np.mean(mem[third:2 * third])), 1) if mem else None,
         "rss_mb_end": round(float(np.mean(mem[-third:])), 1) if mem else None,
         "rss_mb_samples": mem,
-        "server": {k: v for k, v in health(url).items() if k in ("backend", "model", "engine")},
+        # The server's own measure of a blocked loop, apart from what the bystander's ping picks up on this side.
+        "server": {k: v for k, v in health(url).items() if k in ("backend", "model", "engine", "loop_lag")},
     }
 
 
@@ -133,6 +134,8 @@ def markdown(r: dict) -> str:
             ("final latency p50 / p95 (s)", f"{r['final_latency_p50']} / {r['final_latency_p95']}"),
             ("ping round trip p50 / p95 / max (ms)",
              f"{r['ping_rtt_ms_p50']} / {r['ping_rtt_ms_p95']} / {r['ping_rtt_ms_max']}"),
+            ("server event-loop lag max / times over 250 ms",
+             f"{r['server']['loop_lag']['max_ms']} ms / {r['server']['loop_lag']['over_250ms']}"),
             ("server RSS after warm-up / at end (MB)", f"{r['rss_mb_warm']} / {r['rss_mb_end']}"),
             ("backend", r["server"]["backend"])]
     return "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)

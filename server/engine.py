@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class _Request:
     final: bool
     future: asyncio.Future
     draft: str | None = None  # the window's previous partial text
+    submitted: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task | None = None
         self.stats = EngineStats()
+        # Called after each batch with (final, seconds since submission) per window: the server's /metrics.
+        self.on_batch: Callable[[list[tuple[bool, float]]], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="engine")
@@ -168,6 +172,9 @@ class Engine:
             for r, text in zip(batch, texts):
                 if not r.future.done():
                     r.future.set_result(text)
+            if self.on_batch is not None:
+                now = time.monotonic()
+                self.on_batch([(r.final, now - r.submitted) for r in batch])
 
     @staticmethod
     def _fail(batch: list[_Request], why: str) -> None:

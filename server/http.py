@@ -1,4 +1,4 @@
-"""Plain HTTP answers on the websocket port: the web/ folder, /healthz. Anything else is a 404."""
+"""Plain HTTP answers on the websocket port: the web/ folder, /healthz, /metrics. Anything else is a 404."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""The network edge: one port for the websockets (`/v1/listen`, `/v1/watch`), `/healthz`, transcripts and the
-web/ folder. Connection-level policy lives here (admission, auth, rate, idle and length limits, shutdown);
+"""The network edge: one port for the websockets (`/v1/listen`, `/v1/watch`), `/healthz`, `/metrics`, transcripts
+and the web/ folder. Connection-level policy lives here (admission, auth, rate, idle and length limits, shutdown);
 stream-level policy lives in session.py, scheduling in engine.py.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ from . import protocol as P
 from .config import ROOT, Config
 from .engine import Engine
 from .limits import TokenBucket
+from .looplag import LoopLag
+from .metrics import CONTENT_TYPE as METRICS_TYPE, Metrics
 from .rooms import Rooms, Viewer
 from .session import Session
 from .storage import FORMATS, SESSION_ID, TranscriptStore
@@ -56,6 +58,9 @@ class CaptionServer:
         self._per_ip: Counter[str] = Counter()
         self._closing = False
         self._server = None
+        self.loop_lag = LoopLag()
+        self.metrics = Metrics(self)
+        engine.on_batch = self.metrics.on_batch
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -66,6 +71,7 @@ class CaptionServer:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(_resolve(s.certfile), _resolve(s.keyfile))
         self.engine.start()
+        self.loop_lag.start()
         self._server = await serve(
             self._handle, s.host, s.port, ssl=tls, process_request=self._http,
             max_size=self.cfg.limits.max_message_bytes, select_subprotocol=auth.select_subprotocol,
@@ -101,6 +107,7 @@ class CaptionServer:
         viewers = [ws.close(1001, "server shutting down") for ws in list(self._viewers)]
         await asyncio.gather(*streams, *viewers, return_exceptions=True)
         await self._server.wait_closed()
+        self.loop_lag.stop()
         await self.engine.close()
 
     def health(self) -> dict:
@@ -109,7 +116,7 @@ class CaptionServer:
         return {"status": "shutting_down" if self._closing else "ok", "backend": backend.name,
                 "model": backend.model, "sessions": len(self.sessions), "viewers": len(self._viewers),
                 "rooms": len(self.rooms), "queue_depth": self.engine.queue_depth,
-                "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(),
+                "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(), "loop_lag": self.loop_lag.snapshot(),
                 "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
                            "compute_seconds": stats.compute_seconds,
                            "superseded_partials": stats.superseded_partials},
@@ -126,6 +133,8 @@ class CaptionServer:
             return None  # go on with the websocket handshake
         if path == "/healthz":
             return http.json_response(self.health())
+        if path == "/metrics":
+            return http.response(HTTPStatus.OK, self.metrics.render(), METRICS_TYPE)
         if path.startswith(TRANSCRIPTS):
             return self._transcript(path[len(TRANSCRIPTS):], request, _params(query))
         if path.startswith("/room/") and path.count("/") == 2:

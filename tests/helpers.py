@@ -54,6 +54,23 @@ def http_base(ws_url: str) -> str:
     return ws_url.replace("ws", "http", 1).removesuffix("/v1/listen")
 
 
+def scrape(ws_url: str) -> dict[str, float]:
+    """The server's /metrics, read by Prometheus's own parser: {'name{label=value,...}': value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(http_base(ws_url) + "/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+
+    def key(sample) -> str:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+        return sample.name + (f"{{{labels}}}" if labels else "")
+
+    return {key(s): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def trim_silence(audio: np.ndarray, threshold: float = 0.02) -> np.ndarray:
     """Drops the leading and trailing stretch below `threshold` (clips come with pauses at their ends)."""
     loud = np.flatnonzero(np.abs(audio) > threshold)

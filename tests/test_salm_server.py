@@ -7,7 +7,7 @@ import urllib.request
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, load_16k
+from .helpers import RATE, http_base, join_with_silence, load_16k, scrape
 from .test_streaming import check_protocol_order
 
 
@@ -21,6 +21,9 @@ async def test_jfk_through_tiny_salm_gives_partials_then_finals_in_order(salm_ur
     # Each partial after the first, and each final, went in with the window's previous partial as its draft.
     decode = json.loads(urllib.request.urlopen(http_base(salm_url) + "/healthz", timeout=10).read())["decode"]
     assert decode["draft_tokens"] > 0 and 0 < decode["accepted_tokens"] <= decode["draft_tokens"]
+    metrics = scrape(salm_url)  # the same counters, for Prometheus
+    assert metrics["captions_decode_draft_tokens_total"] >= decode["draft_tokens"]
+    assert metrics["captions_decode_steps_total"] >= decode["steps"] > 0
 
 
 async def test_tiny_salm_batches_concurrent_sessions(salm_url):

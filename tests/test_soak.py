@@ -18,4 +18,6 @@ def test_soak_20_clients_lose_no_final(tmp_path, tiny_salm_dir):
     assert not report["crashed_clients"] and report["unended_streams"] == 0
     assert 0 < report["final_latency_p50"] <= report["final_latency_p95"]
     assert 0 < report["ping_rtt_ms_p50"] <= report["ping_rtt_ms_max"]
+    lag = report["server"]["loop_lag"]
+    assert 0 <= lag["recent_p99_ms"] <= lag["recent_max_ms"] <= lag["max_ms"]
     assert "PASS" in proc.stdout

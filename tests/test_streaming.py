@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 
 from client.stream import encode, load_audio, stream_audio
 
-from .helpers import AUDIO, RATE, continuous_speech, join_with_silence, load_16k, transcript, wer
+from .helpers import AUDIO, RATE, continuous_speech, join_with_silence, load_16k, scrape, transcript, wer
 
 
 def check_protocol_order(messages: list[dict]) -> None:
@@ -159,8 +159,26 @@ def test_healthz_and_page(sphinx_url):
     base = sphinx_url.replace("ws://", "http://").removesuffix("/v1/listen")
     health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
     assert health["status"] == "ok" and health["backend"] == "sphinx" and "sessions" in health
+    assert health["loop_lag"]["max_ms"] >= 0 and health["loop_lag"]["over_250ms"] >= 0
     page = urllib.request.urlopen(base + "/", timeout=10)
     assert page.headers["Content-Type"].startswith("text/html")
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(base + "/..%2f..%2fetc/passwd", timeout=10)
     assert exc.value.code == 404
+
+
+async def test_metrics_count_what_a_stream_did(sphinx_url):
+    before = scrape(sphinx_url)
+    assert before["captions_up"] == 1
+    names = ["ldc93s1.wav", "uberi_one_two_three.wav"]
+    audio, _ = join_with_silence(names, [1.0, 1.5])
+    result = await stream_audio(audio, RATE, sphinx_url, speed=0)
+    after = scrape(sphinx_url)
+    finals = 'captions_window_latency_seconds_count{kind=final}'
+    assert after[finals] - before.get(finals, 0) >= len(result.finals) == len(names)
+    assert after["captions_engine_windows_total"] - before["captions_engine_windows_total"] >= len(names)
+    assert after["captions_engine_audio_seconds_total"] > before["captions_engine_audio_seconds_total"]
+    assert after["captions_batch_size_count"] > before.get("captions_batch_size_count", 0)
+    # every final waited less than the slowest bucket, and no final is counted twice
+    assert after['captions_window_latency_seconds_bucket{kind=final,le=+Inf}'] == after[finals]
+    assert after["captions_event_loop_blocked_total"] >= 0 and after["captions_resident_memory_bytes"] > 1e7

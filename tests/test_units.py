@@ -2,6 +2,7 @@
 import asyncio
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +218,19 @@ def test_stable_prefix_counts_leading_words_two_partials_agree_on():
     assert stable_prefix("and so my".split(), "and so my fellow".split()) == 3
     assert stable_prefix("and so my fella".split(), "and so my fellow americans".split()) == 3
     assert stable_prefix("an so".split(), "and so".split()) == 0
+
+
+async def test_loop_lag_shows_a_callback_that_blocks_the_loop(caplog):
+    from server.looplag import LoopLag
+
+    lag = LoopLag(period_s=0.01)
+    lag.start()
+    await asyncio.sleep(0.1)
+    quiet = lag.snapshot()
+    assert quiet["over_250ms"] == 0 and quiet["max_ms"] < 250
+    asyncio.get_running_loop().call_soon(time.sleep, 0.3)  # what model work on the loop would do
+    await asyncio.sleep(0.1)
+    lag.stop()
+    snap = lag.snapshot()
+    assert snap["over_250ms"] == 1 and 290 <= snap["max_ms"] < 1000 and snap["recent_max_ms"] == snap["max_ms"]
+    assert "event loop was blocked for" in caplog.text
