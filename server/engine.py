@@ -45,6 +45,7 @@ class EngineStats:
     batches: int = 0
     windows: int = 0
     superseded_partials: int = 0
+    failed_windows: int = 0  # windows whose batch failed or timed out (their finals carry backend_error)
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
@@ -176,11 +177,11 @@ class Engine:
                 now = time.monotonic()
                 self.on_batch([(r.final, now - r.submitted) for r in batch])
 
-    @staticmethod
-    def _fail(batch: list[_Request], why: str) -> None:
+    def _fail(self, batch: list[_Request], why: str) -> None:
         for r in batch:
             if not r.future.done():
                 r.future.set_exception(BackendError(why))
+                self.stats.failed_windows += 1
 
     def _account(self, batch: list[_Request], seconds: float) -> None:
         s = self.stats

@@ -119,7 +119,7 @@ class CaptionServer:
                 "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(), "loop_lag": self.loop_lag.snapshot(),
                 "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
                            "compute_seconds": stats.compute_seconds,
-                           "superseded_partials": stats.superseded_partials},
+                           "superseded_partials": stats.superseded_partials, "failed_windows": stats.failed_windows},
                 **({"decode": dataclasses.asdict(backend.stats)} if hasattr(backend, "stats") else {})}
 
     # -- HTTP ----------------------------------------------------------------------------------------------------

@@ -122,5 +122,7 @@ async def test_a_backend_fault_fails_only_its_windows(tmp_path, fault):
         assert hit.messages[-1]["type"] == "end" and hit.close_code == 1000
         after = await stream_audio(load_16k("ldc93s1.wav"), RATE, url, speed=0)  # the server carries on
         assert after.finals[0]["text"] and not [m for m in after.messages if m["type"] == "error"]
+        assert server.health()["engine"]["failed_windows"] == 1  # what an operator sees, in /metrics too
+        assert b"\ncaptions_engine_failed_windows_total 1.0\n" in server.metrics.render()
     finally:
         await server.shutdown()

@@ -186,6 +186,7 @@ async def test_engine_backend_failure_fails_only_that_batch():
     with pytest.raises(BackendError, match="boom"):
         await bad
     assert await good == "8"
+    assert engine.stats.failed_windows == 1
     await engine.close()
 
 
