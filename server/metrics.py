@@ -63,6 +63,8 @@ class Metrics:
         self.latency = Histogram("captions_window_latency_seconds",
                                  "from a window's submission to its text (queue + model)", ["kind"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        for kind in ("final", "partial"):
+            self.latency.labels(kind)  # listed (at zero) from the first scrape, before any window completes
         self.batch_size = Histogram("captions_batch_size", "windows per model batch", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
 
