@@ -175,7 +175,10 @@ class Engine:
                     r.future.set_result(text)
             if self.on_batch is not None:
                 now = time.monotonic()
-                self.on_batch([(r.final, now - r.submitted) for r in batch])
+                try:
+                    self.on_batch([(r.final, now - r.submitted) for r in batch])
+                except Exception:  # noqa: BLE001 - bookkeeping must never stop the engine
+                    log.exception("on_batch failed")
 
     def _fail(self, batch: list[_Request], why: str) -> None:
         for r in batch:

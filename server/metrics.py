@@ -48,7 +48,7 @@ class _ServerState(Collector):
                           ("audio_seconds", "seconds of audio transcribed (partials re-run growing windows)"),
                           ("compute_seconds", "seconds the model spent on batches"),
                           ("superseded_partials", "queued partials replaced by a newer one before running"),
-                          ("failed_windows", "windows whose batch failed or timed out (finals sent with backend_error)")]:
+                          ("failed_windows", "windows whose batch failed or timed out (sent as backend_error)")]:
             yield CounterMetricFamily(f"captions_engine_{name}", doc, value=e[name])
         for name, value in h.get("decode", {}).items():
             yield CounterMetricFamily(f"captions_decode_{name}", f"SALM greedy decode: {name.replace('_', ' ')}",

@@ -190,6 +190,25 @@ async def test_engine_backend_failure_fails_only_that_batch():
     await engine.close()
 
 
+async def test_engine_reports_each_batch_and_survives_a_failing_observer():
+    backend = RecordingBackend()
+    backend.gate.set()
+    engine = Engine(backend, EngineConfig(max_batch=4, max_wait_ms=0))
+    seen: list[list[tuple[bool, float]]] = []
+
+    def observe(windows):
+        seen.append(windows)
+        raise ValueError("a broken metrics hook")
+
+    engine.on_batch = observe
+    engine.start()
+    assert await engine.submit("a", np.zeros(5), final=True) == "5"
+    assert await asyncio.wait_for(engine.submit("b", np.zeros(6), final=False), 10) == "6"  # the engine went on
+    assert [[final for final, _ in batch] for batch in seen] == [[True], [False]]
+    assert all(0 <= wait < 5 for batch in seen for _, wait in batch)
+    await engine.close()
+
+
 FINALS = [{"start": 0.0, "end": 2.5, "text": "hello  world"}, {"start": 2.5, "end": 2.5, "text": ""},
           {"start": 3661.25, "end": 3662.0, "text": "later"}]
 
