@@ -288,8 +288,10 @@ def test_mic_captions_a_clip_played_into_pulseaudio(pulse, sphinx_url, tmp_path)
     lines = out.splitlines()
     assert lines and all(FINAL_LINE.match(line) for line in lines), (out, err)  # not a terminal: finals only
     text = " ".join(FINAL_LINE.match(line).group(3) for line in lines)
-    # pocketsphinx on audio that went 16 -> 48 -> 44.1 -> 16 kHz: the words are there, not all of them right
-    assert wer(transcript("jfk_16k.wav"), text) <= 0.65 and "my fellow" in text, text
+    # pocketsphinx on audio that went 16 -> 48 -> 44.1 -> 16 kHz: the words are there, not all of them right.
+    # Where the VAD cuts depends on the capture's timing, and sphinx's words on the cuts: 11 runs gave WER
+    # 0.18-0.73 (one CI failure at 0.65), so the bound sits above that; noise or silence would score ~1.0.
+    assert wer(transcript("jfk_16k.wav"), text) <= 0.85 and "my fellow" in text, text
 
     cues = list(srt.parse(saved.read_text()))
     assert " ".join(c.content for c in cues) == " ".join(text.split())
