@@ -56,7 +56,12 @@ def health_url(ws_url: str) -> str:
     return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}/healthz"
 
 
+def health(ws_url: str) -> dict:
+    """GET /healthz of the server behind a websocket URL."""
+    with urllib.request.urlopen(health_url(ws_url), timeout=10) as r:
+        return json.load(r)
+
+
 def engine_counters(ws_url: str) -> dict:
     """The engine's cumulative counters (compute_seconds, audio_seconds, ...) from GET /healthz."""
-    with urllib.request.urlopen(health_url(ws_url), timeout=10) as r:
-        return json.load(r)["engine"]
+    return health(ws_url)["engine"]

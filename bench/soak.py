@@ -13,7 +13,6 @@ import random
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from client.stream import stream_audio
 from .clips import load_16k
-from .server import ROOT, health_url, run_server
+from .server import ROOT, health, run_server
 
 RATE = 16000
 # Short single utterances (no inner pause longer than the VAD hangover): each must give exactly one final.
@@ -60,11 +59,6 @@ async def one_client(url: str, n: int, seconds: float, delay: float) -> dict:
             "stray": sum(not any(f["start"] < e and f["end"] > s for s, e in spans) for f in finals),
             "errors": [m for m in result.messages if m["type"] == "error"], "finals": len(finals),
             "final_latencies": latencies, "ended": result.messages[-1]["type"] == "end"}
-
-
-def health(url: str) -> dict:
-    with urllib.request.urlopen(health_url(url), timeout=10) as r:
-        return json.load(r)
 
 
 async def ping_while(url: str, rtts: list[float], stop: asyncio.Event) -> None:

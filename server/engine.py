@@ -48,7 +48,6 @@ class EngineStats:
     failed_windows: int = 0  # windows whose batch failed or timed out (their finals carry backend_error)
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 class Engine:
@@ -192,6 +191,3 @@ class Engine:
         s.windows += len(batch)
         s.compute_seconds += seconds
         s.audio_seconds += sum(len(r.audio) for r in batch) / SAMPLE_RATE
-        s.batch_sizes.append(len(batch))
-        if len(s.batch_sizes) > 1000:
-            del s.batch_sizes[:500]

@@ -112,14 +112,11 @@ class CaptionServer:
 
     def health(self) -> dict:
         backend = self.engine.backend
-        stats = self.engine.stats
         return {"status": "shutting_down" if self._closing else "ok", "backend": backend.name,
                 "model": backend.model, "sessions": len(self.sessions), "viewers": len(self._viewers),
                 "rooms": len(self.rooms), "queue_depth": self.engine.queue_depth,
                 "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(), "loop_lag": self.loop_lag.snapshot(),
-                "engine": {"batches": stats.batches, "windows": stats.windows, "audio_seconds": stats.audio_seconds,
-                           "compute_seconds": stats.compute_seconds,
-                           "superseded_partials": stats.superseded_partials, "failed_windows": stats.failed_windows},
+                "engine": dataclasses.asdict(self.engine.stats),
                 **({"decode": dataclasses.asdict(backend.stats)} if hasattr(backend, "stats") else {})}
 
     # -- HTTP ----------------------------------------------------------------------------------------------------

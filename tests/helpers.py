@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from bench.server import run_server, server_process  # noqa: F401 - the tests' real server, shared with bench/
+from bench.server import health, run_server, server_process  # noqa: F401 - the tests' real server, shared with bench/
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, stream_audio
 
-from .helpers import RATE, load_16k, run_server
+from .helpers import RATE, health, http_base, load_16k, run_server
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
 F32 = {**START, "encoding": "pcm_f32le"}
@@ -152,10 +152,10 @@ async def never_completes_handshake(url):
     writer.close()
 
 
-async def never_reads(url, health):
+async def never_reads(url):
     """A client that sends but never reads: once the server cannot write to it for send_timeout_s it is dropped,
     and the server forgets its session."""
-    before = health()["sessions"]
+    before = health(url)["sessions"]
     host, port = url.split("//")[1].split("/")[0].split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -165,10 +165,10 @@ async def never_reads(url, health):
     for _ in range(3000):  # each answered with a ~150-byte bad_audio error it will never read
         await asyncio.wait_for(ws.send(b"\x00" * 3), 10)
     for _ in range(60):
-        if health()["sessions"] <= before:
+        if health(url)["sessions"] <= before:
             break
         await asyncio.sleep(0.5)
-    assert health()["sessions"] <= before
+    assert health(url)["sessions"] <= before
     ws.transport.abort()
 
 
@@ -213,8 +213,7 @@ def strict_url(tmp_path_factory):
 
 
 async def test_bad_input_corpus_harms_no_one(strict_url):
-    base = strict_url.replace("ws://", "http://").removesuffix("/v1/listen")
-    health = lambda: json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())  # noqa: E731
+    base = http_base(strict_url)
     good_audio = load_16k("jfk_16k.wav")
     baseline = await stream_audio(good_audio, RATE, strict_url, speed=0)
 
@@ -228,7 +227,7 @@ async def test_bad_input_corpus_harms_no_one(strict_url):
     for special in (flood_of_tiny_frames, far_faster_than_real_time, idle_after_start, never_completes_handshake,
                     viewer_sends_audio, viewer_without_room):
         await special(strict_url)
-    await never_reads(strict_url, health)
+    await never_reads(strict_url)
     cases += 2 + 7
     for path, status in HTTP_CASES:
         assert await asyncio.to_thread(http_status, base, path) == status, path
@@ -240,7 +239,7 @@ async def test_bad_input_corpus_harms_no_one(strict_url):
     fields = lambda r: [(f["segment"], f["start"], f["end"], f["text"]) for f in r.finals]  # noqa: E731
     assert fields(result) == fields(baseline) and result.messages[-1]["type"] == "end"
     assert not [m for m in result.messages if m["type"] == "error"]
-    assert health()["status"] == "ok"
+    assert health(strict_url)["status"] == "ok"
 
 
 async def test_connections_per_address_are_capped(tmp_path):

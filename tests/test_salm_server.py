@@ -2,12 +2,10 @@
 SALM.from_pretrained by `python -m server --backend salm`, real speech over a loopback websocket.
 Its words are meaningless (random weights); what is checked is the flow and the protocol's ordering rules."""
 import asyncio
-import json
-import urllib.request
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, load_16k, scrape
+from .helpers import RATE, health, join_with_silence, load_16k, scrape
 from .test_streaming import check_protocol_order
 
 
@@ -19,7 +17,7 @@ async def test_jfk_through_tiny_salm_gives_partials_then_finals_in_order(salm_ur
     check_protocol_order(result.messages)
     assert result.finals[-1]["end"] == 11.0
     # Each partial after the first, and each final, went in with the window's previous partial as its draft.
-    decode = json.loads(urllib.request.urlopen(http_base(salm_url) + "/healthz", timeout=10).read())["decode"]
+    decode = health(salm_url)["decode"]
     assert decode["draft_tokens"] > 0 and 0 < decode["accepted_tokens"] <= decode["draft_tokens"]
     metrics = scrape(salm_url)  # the same counters, for Prometheus
     assert metrics["captions_decode_draft_tokens_total"] >= decode["draft_tokens"]

@@ -9,7 +9,8 @@ from websockets.asyncio.client import connect
 
 from client.stream import encode, load_audio, stream_audio
 
-from .helpers import AUDIO, RATE, continuous_speech, join_with_silence, load_16k, scrape, transcript, wer
+from .helpers import (AUDIO, RATE, continuous_speech, health, http_base, join_with_silence, load_16k, scrape,
+                      transcript, wer)
 
 
 def check_protocol_order(messages: list[dict]) -> None:
@@ -156,10 +157,10 @@ async def test_finalize_closes_the_open_window_now(sphinx_url):
 def test_healthz_and_page(sphinx_url):
     import urllib.request
 
-    base = sphinx_url.replace("ws://", "http://").removesuffix("/v1/listen")
-    health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=10).read())
-    assert health["status"] == "ok" and health["backend"] == "sphinx" and "sessions" in health
-    assert health["loop_lag"]["max_ms"] >= 0 and health["loop_lag"]["over_250ms"] >= 0
+    base = http_base(sphinx_url)
+    status = health(sphinx_url)
+    assert status["status"] == "ok" and status["backend"] == "sphinx" and "sessions" in status
+    assert status["loop_lag"]["max_ms"] >= 0 and status["loop_lag"]["over_250ms"] >= 0
     page = urllib.request.urlopen(base + "/", timeout=10)
     assert page.headers["Content-Type"].startswith("text/html")
     with pytest.raises(urllib.error.HTTPError) as exc:
