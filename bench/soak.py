@@ -2,7 +2,7 @@
 
 Checks what users judge us on over a long run: every utterance gets exactly one final (none lost, none
 doubled), no client sees an error, and the server's memory stays flat after warm-up. Without `--url` it starts
-its own server (tiny random-weight SALM by default, or the embedded sphinx backend) on a free loopback port.
+its own server (tiny random-weight SALM by default, or the Whisper CPU backend) on a free loopback port.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--url", help="an already running server's /v1/listen (default: start one here)")
-    p.add_argument("--backend", choices=["tiny-salm", "sphinx"], default="tiny-salm")
+    p.add_argument("--backend", choices=["tiny-salm", "whisper"], default="tiny-salm")
     p.add_argument("--model", help="an existing tiny SALM checkpoint directory (default: write a fresh one)")
     p.add_argument("--json", type=Path, help="write the report here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                 model = args.model or write_tiny_checkpoint(Path(tmp) / "tiny-salm")
                 server_args += ["--backend", "salm", "--model", str(model), "--device", "cpu"]
             else:
-                server_args += ["--backend", "sphinx"]
+                server_args += ["--backend", "whisper"]
             for item in args.set:
                 server_args += ["--set", item]
             with run_server(*server_args, log_path=Path(tmp) / "server.log") as url:

@@ -1,6 +1,6 @@
 """`python -m bench.stream`: streaming accuracy, latency and stability of the caption server, as numbers.
 
-    python -m bench.stream --manifest FILE.tsv [--url URL | --backend sphinx|salm --model M] [--streams N]
+    python -m bench.stream --manifest FILE.tsv [--url URL | --backend whisper|salm --model M] [--streams N]
                            [--speed 1.0] [--noise-snr DB] [--meeting SECONDS] [--json OUT.json] [--plot OUT.png]
 
 N streams run at once, each sending its share of the manifest's clips back to back (clip i goes to stream
@@ -28,6 +28,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 from client.stream import encode
+from server.backends import BACKENDS
 
 from . import metrics
 from .clips import RATE, Clip, add_noise, read_manifest, speech_end
@@ -116,10 +117,11 @@ async def stream_all(clips: list[Clip], url: str, streams: int, speed: float) ->
 def offline_transcripts(clips: list[Clip], backend_name: str, model: str, device: str) -> tuple[list | None, str]:
     """Each whole clip through the backend in this process: no VAD, no windows, no streaming."""
     from server.backends import create_backend
-    from server.config import BackendConfig
+    from server.config import load_config
 
     try:
-        backend = create_backend(BackendConfig(name=backend_name, model=model, device=device))
+        overrides = {"backend.name": backend_name, "backend.model": model, "backend.device": device}
+        backend = create_backend(load_config(overrides={k: v for k, v in overrides.items() if v}).backend)
     except Exception as exc:  # noqa: BLE001 - any failure to build it locally means: no offline number
         return None, f"backend {backend_name!r} could not be built here: {type(exc).__name__}: {exc}"
     try:
@@ -312,8 +314,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", type=Path, required=True, help="TSV with a header, columns name and transcript")
     p.add_argument("--url", help="an already running server (default: start one on a free loopback port)")
-    p.add_argument("--backend", choices=["auto", "sphinx", "salm"], help="backend of the server started here")
-    p.add_argument("--model", help="SALM hub id or local directory")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], help="backend of the server started here")
+    p.add_argument("--model", help="the backend's model: hub id, model name or local directory")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--vad", choices=["webrtc", "silero"], help="VAD of the server started here")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 
-from .backends import create_backend
+from .backends import BACKENDS, create_backend
 from .config import load_config
 from .engine import Engine
 from .transport import CaptionServer
@@ -20,8 +20,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     p.add_argument("--host")
     p.add_argument("--port", type=int, help="0 picks a free port")
-    p.add_argument("--backend", choices=["auto", "salm", "sphinx"])
-    p.add_argument("--model", help="SALM hub id or local checkpoint directory")
+    p.add_argument("--backend", choices=["auto", *BACKENDS],
+                   help="auto: salm on a CUDA GPU, whisper otherwise. " + "; ".join(
+                       f"{name}: {entry.describe}" for name, entry in BACKENDS.items()))
+    p.add_argument("--model", help="the backend's model: a hub id / model name or a local directory "
+                                   "(default: the backend's own, backend.<name>.model)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
     p.add_argument("--vad", choices=["webrtc", "silero"])
     p.add_argument("--certfile", help="TLS certificate (PEM): serve wss:// and https://")
@@ -33,13 +36,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Each flag is a shorthand for one config key.
+FLAG_KEYS = {"host": "server.host", "port": "server.port", "backend": "backend.name", "model": "backend.model",
+             "device": "backend.device", "vad": "segmenter.vad", "certfile": "server.certfile",
+             "keyfile": "server.keyfile", "data_dir": "server.data_dir"}
+
+
+def overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The flags the user gave, then every --set on top: a flag left out never undoes a --set."""
+    given = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        given[key] = value
+    return given
+
+
 async def serve(args: argparse.Namespace) -> None:
-    overrides = dict(item.split("=", 1) for item in args.set)
-    cfg = load_config(args.config, {
-        **overrides, "server.host": args.host, "server.port": args.port, "backend.name": args.backend,
-        "backend.model": args.model, "backend.device": args.device, "segmenter.vad": args.vad,
-        "server.certfile": args.certfile, "server.keyfile": args.keyfile, "server.data_dir": args.data_dir,
-    })
+    cfg = load_config(args.config, overrides(args))
     # Loading a model blocks for seconds to minutes: keep it off the event loop like all model work.
     backend = await asyncio.to_thread(create_backend, cfg.backend)
     server = CaptionServer(cfg, Engine(backend, cfg.engine))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from .backends import BACKENDS
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
@@ -22,14 +24,19 @@ class ServerConfig:
 
 
 @dataclass
-class BackendConfig:
-    name: str = "auto"  # auto | salm | sphinx
-    model: str = "nvidia/canary-qwen-2.5b"
+class _BackendCommon:
+    name: str = "auto"  # auto (SALM on a CUDA GPU, Whisper otherwise) or a key of backends.BACKENDS
+    model: str = ""  # empty: the chosen backend's own default (backend.<name>.model)
     device: str = "auto"  # auto | cuda | cpu
-    max_tokens_per_second: float = 8.0
+    max_tokens_per_second: float = 8.0  # generation cap per second of audio (repetition-loop guard)
     min_new_tokens_cap: int = 16
-    static_cache_len: int = 0  # SALM: > 0 decodes batches that fit over preallocated KV caches (0: off)
-    cuda_graphs: bool = False  # SALM on CUDA, with static_cache_len: the decode step replayed as a CUDA graph
+
+
+# The common settings plus one typed section per registered backend (backend.salm, backend.whisper, ...): a new
+# backend's options appear here by its registry entry alone.
+BackendConfig = dataclasses.make_dataclass(
+    "BackendConfig", [(name, entry.options, field(default_factory=entry.options)) for name, entry in BACKENDS.items()],
+    bases=(_BackendCommon,))
 
 
 @dataclass
@@ -96,8 +103,8 @@ class Config:
 
     def validate(self) -> "Config":
         s = self.segmenter
-        if self.backend.name not in ("auto", "salm", "sphinx"):
-            raise ValueError(f"backend.name must be auto, salm or sphinx, not {self.backend.name!r}")
+        if self.backend.name not in ("auto", *BACKENDS):
+            raise ValueError(f"backend.name must be one of auto, {', '.join(BACKENDS)}, not {self.backend.name!r}")
         if self.backend.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"backend.device must be auto, cuda or cpu, not {self.backend.device!r}")
         if s.vad not in ("webrtc", "silero"):

@@ -37,6 +37,7 @@ class _Request:
     final: bool
     future: asyncio.Future
     draft: str | None = None  # the window's previous partial text
+    context: str | None = None  # the stream's context (names and terms), a prompt for the backend
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -57,7 +58,7 @@ class Engine:
         self._max_wait = cfg.max_wait_ms / 1000
         self._timeout = cfg.batch_timeout_s
         self._bucket = cfg.bucket_by_length
-        self._drafts = cfg.drafts and getattr(backend, "uses_drafts", False)
+        self._drafts = cfg.drafts and backend.uses_drafts
         self._finals: deque[_Request] = deque()
         self._partials: dict[str, _Request] = {}  # insertion order = age
         self._wake = asyncio.Event()
@@ -93,15 +94,17 @@ class Engine:
         """More finals waiting than one batch takes: partials would only delay them, so sessions skip them."""
         return len(self._finals) >= self._max_batch
 
-    def submit(self, session: str, audio: np.ndarray, final: bool, draft: str | None = None) -> asyncio.Future:
+    def submit(self, session: str, audio: np.ndarray, final: bool, draft: str | None = None,
+               context: str | None = None) -> asyncio.Future:
         """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError.
-        `draft`: the text of this window's previous partial, a hint for backends that take one."""
+        `draft`: the text of this window's previous partial, a hint for backends that take one.
+        `context`: the stream's names and terms, which the backend puts in the model's prompt."""
         future = asyncio.get_running_loop().create_future()
         stale = self._partials.pop(session, None)  # older than anything this session sends now
         if stale is not None and not stale.future.done():
             stale.future.set_result(None)
             self.stats.superseded_partials += 1
-        req = _Request(session, audio, final, future, draft)
+        req = _Request(session, audio, final, future, draft, context)
         if final:
             self._finals.append(req)
         else:
@@ -151,8 +154,9 @@ class Engine:
                 continue
             t0 = time.perf_counter()
             try:
-                args = [[r.audio for r in batch]] + ([[r.draft for r in batch]] if self._drafts else [])
-                work = loop.run_in_executor(self._pool, self.backend.transcribe, *args)
+                audios, contexts = [r.audio for r in batch], [r.context for r in batch]
+                drafts = [r.draft for r in batch] if self._drafts else None
+                work = loop.run_in_executor(self._pool, self.backend.transcribe, audios, drafts, contexts)
                 texts = await asyncio.wait_for(work, self._timeout)
                 if len(texts) != len(batch):
                     raise RuntimeError(f"backend returned {len(texts)} texts for {len(batch)} windows")

@@ -14,6 +14,7 @@ SAMPLE_RATE = 16000  # the rate every stream is resampled to, and the unit of al
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # encoding -> bytes per sample
 MAX_TEXT_FRAME = 64 * 1024
+MAX_CONTEXT = 500  # characters of a stream's `context`
 
 # Error codes sent in {"type":"error","code":...}; docs/protocol.md lists them all.
 BAD_JSON = "bad_json"
@@ -43,6 +44,7 @@ class Start:
     channels: int = 1
     room: str | None = None  # publish this stream's captions to a room's viewers
     speaker: str | None = None  # the label viewers of the room see on these captions
+    context: str | None = None  # names and terms likely to be said: a prompt for the model
 
     @property
     def bytes_per_sample(self) -> int:
@@ -111,7 +113,11 @@ def _parse_start(msg: dict) -> Start:
     speaker = msg.get("speaker")
     if speaker is not None and (not isinstance(speaker, str) or not 0 < len(speaker) <= 64):
         raise ProtocolError(BAD_MESSAGE, "speaker must be a string of 1 to 64 characters")
-    return Start(sample_rate=int(rate), encoding=encoding, channels=1, room=room, speaker=speaker)
+    context = msg.get("context")
+    if context is not None and (not isinstance(context, str) or len(context) > MAX_CONTEXT):
+        raise ProtocolError(BAD_MESSAGE, f"context must be a string of at most {MAX_CONTEXT} characters")
+    return Start(sample_rate=int(rate), encoding=encoding, channels=1, room=room, speaker=speaker,
+                 context=(context.strip() or None) if context else None)
 
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

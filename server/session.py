@@ -116,7 +116,7 @@ class Session:
             self._room.speakers[self.id] = self._speaker
             extra = {"room": room, "speaker": self._speaker}
         backend = self._engine.backend
-        await self._send(P.ready(self.id, backend.name, backend.model, getattr(backend, "reason", ""), **extra))
+        await self._send(P.ready(self.id, backend.name, backend.model, backend.reason, **extra))
 
     async def stop(self, reason: str | None = None) -> None:
         """Flushes: every open window becomes a final, all finals are sent, then `end` (with the reason when the
@@ -152,7 +152,8 @@ class Session:
                 continue  # partials are thinned first when the engine falls behind; finals never are
             # The window's last partial is a draft of its next transcript (the SALM backend checks it in one pass).
             draft = self._last_partial.get(w.segment, (0, None))[1]
-            future = self._engine.submit(self.id, w.audio, w.final, draft=draft)
+            future = self._engine.submit(self.id, w.audio, w.final, draft=draft,
+                                         context=self._decoder.start.context)
             if w.final:
                 self._open_segment = w.segment + 1
                 self._finals.put_nowait((w, future))

@@ -117,7 +117,7 @@ class CaptionServer:
                 "rooms": len(self.rooms), "queue_depth": self.engine.queue_depth,
                 "queued_finals": self.engine.queued_finals, "rss_mb": _rss_mb(), "loop_lag": self.loop_lag.snapshot(),
                 "engine": dataclasses.asdict(self.engine.stats),
-                **({"decode": dataclasses.asdict(backend.stats)} if hasattr(backend, "stats") else {})}
+                **({"decode": stats} if (stats := backend.decode_stats()) is not None else {})}
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
 

@@ -4,10 +4,10 @@ from .helpers import run_server
 
 
 @pytest.fixture(scope="session")
-def sphinx_url(tmp_path_factory):
-    """One real server on a loopback port with the embedded pocketsphinx backend."""
-    log = tmp_path_factory.mktemp("logs") / "sphinx-server.log"
-    with run_server("--backend", "sphinx", log_path=log) as url:
+def cpu_url(tmp_path_factory):
+    """One real server on a loopback port with the CPU default: Whisper tiny.en (bundled), int8."""
+    log = tmp_path_factory.mktemp("logs") / "whisper-server.log"
+    with run_server("--backend", "whisper", log_path=log) as url:
         yield url
 
 

@@ -19,7 +19,7 @@ START = json.dumps({"type": "start", "sample_rate": 16000})
 @pytest.fixture(scope="module")
 def auth_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auth")
-    with run_server("--backend", "sphinx", "--data-dir", str(tmp), "--set", f"auth.speaker_tokens={SPEAKER}",
+    with run_server("--backend", "whisper", "--data-dir", str(tmp), "--set", f"auth.speaker_tokens={SPEAKER}",
                     "--set", f"auth.viewer_tokens={VIEWER}", "--set", "auth.origins=http://good.example",
                     log_path=tmp / "server.log") as url:
         yield url
@@ -84,7 +84,7 @@ async def test_tls(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    with run_server("--backend", "sphinx", "--data-dir", str(tmp_path), "--certfile", str(cert), "--keyfile",
+    with run_server("--backend", "whisper", "--data-dir", str(tmp_path), "--certfile", str(cert), "--keyfile",
                     str(key), log_path=tmp_path / "server.log") as url:
         assert url.startswith("wss://")
         trust = ssl.create_default_context(cafile=str(cert))

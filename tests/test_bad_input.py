@@ -208,7 +208,7 @@ def strict_url(tmp_path_factory):
     overrides = ["limits.idle_timeout_s=3", "limits.send_timeout_s=2", "limits.handshake_timeout_s=2",
                  "limits.max_frames_per_s=200", f"server.data_dir={tmp / 'data'}"]
     args = [a for kv in overrides for a in ("--set", kv)]
-    with run_server("--backend", "sphinx", *args, log_path=tmp / "server.log") as url:
+    with run_server("--backend", "whisper", *args, log_path=tmp / "server.log") as url:
         yield url
 
 
@@ -243,7 +243,7 @@ async def test_bad_input_corpus_harms_no_one(strict_url):
 
 
 async def test_connections_per_address_are_capped(tmp_path):
-    with run_server("--backend", "sphinx", "--set", "limits.max_connections_per_ip=3",
+    with run_server("--backend", "whisper", "--set", "limits.max_connections_per_ip=3",
                     "--set", f"server.data_dir={tmp_path}", log_path=tmp_path / "server.log") as url:
         held = [await connect(url) for _ in range(3)]
         async with connect(url) as extra:
@@ -262,7 +262,7 @@ async def test_connections_per_address_are_capped(tmp_path):
 
 
 async def test_sessions_have_a_maximum_length(tmp_path):
-    with run_server("--backend", "sphinx", "--set", "limits.max_session_s=3",
+    with run_server("--backend", "whisper", "--set", "limits.max_session_s=3",
                     "--set", f"server.data_dir={tmp_path}", log_path=tmp_path / "server.log") as url:
         audio = load_16k("jfk_16k.wav")
         async with connect(url) as ws:

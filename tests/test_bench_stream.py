@@ -1,4 +1,4 @@
-"""`python -m bench.stream` at CI size (2 clips, 2 streams, its own sphinx server): the report's keys and sanity,
+"""`python -m bench.stream` at CI size (2 clips, 2 streams, its own whisper server): the report's keys and sanity,
 not its values. Plus the benchmark's small pieces on their own."""
 import csv
 import json
@@ -36,7 +36,7 @@ def small_manifest(folder) -> str:
 
 def test_small_run_reports_every_key_with_sane_values(tmp_path):
     out, png = tmp_path / "out.json", tmp_path / "cdf.png"
-    cmd = [sys.executable, "-m", "bench.stream", "--manifest", small_manifest(tmp_path), "--backend", "sphinx",
+    cmd = [sys.executable, "-m", "bench.stream", "--manifest", small_manifest(tmp_path), "--backend", "whisper",
            "--streams", "2", "--speed", "1", "--json", str(out), "--plot", str(png)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,5 @@
 """The web pages end to end in a real browser: Debian's chromium driven by Playwright, a shared WAV as the
-microphone, the embedded pocketsphinx backend behind a real server.
+microphone, the embedded Whisper tiny.en backend behind a real server.
 
 The speaker page (`/?room=...`) captures the fake microphone with an AudioWorklet and streams it to
 `/v1/listen`; an overlay (`/overlay?room=...`) and a room page (`/room/...`) watch the same room. The test
@@ -62,11 +62,11 @@ def parse_srt(text: str) -> list[tuple[int, float, float, str]]:
     return cues
 
 
-def test_speaker_overlay_and_room_pages_in_chromium(sphinx_url, mic_wav):
+def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
     from playwright.sync_api import expect, sync_playwright
 
     t0 = time.monotonic()
-    base = sphinx_url.replace("ws://", "http://").replace("/v1/listen", "")
+    base = cpu_url.replace("ws://", "http://").replace("/v1/listen", "")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
@@ -122,7 +122,7 @@ def test_speaker_overlay_and_room_pages_in_chromium(sphinx_url, mic_wav):
 
             speaker.get_by_role("button", name="Start captioning").click()
             expect(speaker.locator("#state")).to_have_attribute("data-state", "live", timeout=20_000)
-            expect(speaker.locator("#backend")).to_have_text("sphinx")
+            expect(speaker.locator("#backend")).to_have_text("whisper")
             expect(speaker.get_by_role("button", name="Stop captioning")).to_have_attribute("aria-pressed", "true")
             rate = speaker.evaluate("captionsDebug.rate")
             assert rate in (8000, 16000, 22050, 24000, 32000, 44100, 48000)

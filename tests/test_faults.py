@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, stream_audio
-from server.backends.sphinx import SphinxBackend
+from server.backends.whisper import WhisperBackend
 from server.config import load_config
 from server.engine import Engine
 from server.transport import CaptionServer
@@ -31,7 +31,7 @@ def get(url: str) -> tuple[int, str]:
 async def test_sigterm_flushes_open_windows_then_transcripts_survive_a_restart(tmp_path):
     data = tmp_path / "data"
     audio = load_16k("jfk_16k.wav")[:int(6.5 * RATE)]  # mid-sentence: the window is still open
-    args = ("--backend", "sphinx", "--data-dir", str(data))
+    args = ("--backend", "whisper", "--data-dir", str(data))
     with server_process(*args, log_path=tmp_path / "a.log") as (url, proc):
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
@@ -63,7 +63,7 @@ async def test_sigterm_flushes_open_windows_then_transcripts_survive_a_restart(t
 
 
 async def test_a_second_signal_exits_at_once(tmp_path):
-    with server_process("--backend", "sphinx", "--data-dir", str(tmp_path),
+    with server_process("--backend", "whisper", "--data-dir", str(tmp_path),
                         log_path=tmp_path / "s.log") as (url, proc):
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
@@ -83,18 +83,22 @@ class FaultyBackend:
     """The real embedded backend with injected faults: batches number `fail` raise, number `hang` stall."""
 
     def __init__(self, fail=(), hang=(), hang_s=3.0):
-        self.inner = SphinxBackend()
-        self.name, self.model, self.reason = "sphinx", self.inner.model, "test: fault injection"
+        self.inner = WhisperBackend()
+        self.name, self.model, self.reason = "whisper", self.inner.model, "test: fault injection"
+        self.uses_drafts = False
         self.calls = 0
         self.fail, self.hang, self.hang_s = set(fail), set(hang), hang_s
 
-    def transcribe(self, audios):
+    def transcribe(self, audios, drafts=None, contexts=None):
         self.calls += 1
         if self.calls in self.fail:
             raise RuntimeError("injected fault")
         if self.calls in self.hang:
             time.sleep(self.hang_s)
-        return self.inner.transcribe(audios)
+        return self.inner.transcribe(audios, drafts, contexts)
+
+    def decode_stats(self):
+        return None
 
     def close(self):
         self.inner.close()

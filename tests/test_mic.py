@@ -1,6 +1,6 @@
 """`python -m client.mic`: the resampling path, the resend backlog, a real server restarted mid-stream, and the
 whole command capturing a clip through a private PulseAudio (paplay -> null sink -> its monitor as the default
-source -> ALSA `pulse` plugin -> PortAudio -> sounddevice) with the embedded pocketsphinx backend."""
+source -> ALSA `pulse` plugin -> PortAudio -> sounddevice) with the embedded Whisper backend."""
 from __future__ import annotations
 
 import asyncio
@@ -154,13 +154,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_sphinx_server(port: int, log_path: Path) -> subprocess.Popen:
-    """`python -m server --backend sphinx` on a fixed port, so that a restart comes back at the same URL, in its
+def start_cpu_server(port: int, log_path: Path) -> subprocess.Popen:
+    """`python -m server --backend whisper` on a fixed port, so that a restart comes back at the same URL, in its
     own process group (with its worker processes); returns once it serves."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--backend", "sphinx"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
+                                 "--backend", "whisper"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
                                 text=True, start_new_session=True)
     for line in proc.stdout:
         if line.startswith("Serving captions at"):
@@ -184,7 +184,7 @@ async def test_server_killed_mid_utterance_and_restarted_loses_no_utterance(tmp_
     stereo48 = np.repeat(soxr.resample(speech, RATE, 48000).astype(np.float32)[:, None], 2, axis=1)
     cut_at = (spans[1][0] + spans[1][1]) / 2  # the server dies in the middle of the second utterance
     port = free_port()
-    servers = [start_sphinx_server(port, tmp_path / "server-1.log")]
+    servers = [start_cpu_server(port, tmp_path / "server-1.log")]
     messages, statuses = [], []
     backlog = Backlog(max_s=30)
     link = CaptionLink(f"ws://127.0.0.1:{port}/v1/listen", backlog, messages.append, statuses.append,
@@ -194,7 +194,7 @@ async def test_server_killed_mid_utterance_and_restarted_loses_no_utterance(tmp_
 
     def restart() -> None:
         crash(servers[0])
-        servers.append(start_sphinx_server(port, tmp_path / "server-2.log"))
+        servers.append(start_cpu_server(port, tmp_path / "server-2.log"))
 
     restarting = None
     speed, block = 2.0, 960  # 20 ms blocks, as the capture callback hands them over, at twice real time
@@ -273,10 +273,10 @@ class Mic:
         return self.proc.returncode, "".join(self.out), "".join(self.err)
 
 
-def test_mic_captions_a_clip_played_into_pulseaudio(pulse, sphinx_url, tmp_path):
+def test_mic_captions_a_clip_played_into_pulseaudio(pulse, cpu_url, tmp_path):
     saved = tmp_path / "captions.srt"
     # a generous bound: the shared CPU may be busy, and the bound itself is not what this test is about
-    mic = Mic("--url", sphinx_url, "--save", str(saved), "--stop-timeout", "90", env=pulse.env)
+    mic = Mic("--url", cpu_url, "--save", str(saved), "--stop-timeout", "90", env=pulse.env)
     mic.wait_for("listening on")  # printed once audio flows
     pulse.play(AUDIO / "jfk_16k.wav")  # 11 s of speech, upsampled by PulseAudio to the sink's 48 kHz stereo
     time.sleep(1.0)  # a pause after the last word, as a speaker would leave

@@ -26,12 +26,12 @@ async def collect(url: str, into: list, until_finals: int, timeout: float = 120)
         await asyncio.wait_for(read(), timeout)
 
 
-async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_the_backlog(sphinx_url):
+async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_the_backlog(cpu_url):
     audio, _ = join_with_silence(["ldc93s1.wav", "uberi_one_two_three.wav", "lj050_0131.wav"], [1.0, 1.0, 1.0])
     seen: list[dict] = []
-    viewer = asyncio.create_task(collect(watch_url(sphinx_url, "standup"), seen, until_finals=3))
+    viewer = asyncio.create_task(collect(watch_url(cpu_url, "standup"), seen, until_finals=3))
     await asyncio.sleep(0.5)  # the viewer is in before the speaker starts
-    spoken = await stream_audio(audio, RATE, sphinx_url, speed=2.0,
+    spoken = await stream_audio(audio, RATE, cpu_url, speed=2.0,
                                 start_extra={"room": "standup", "speaker": "Ada"})
     await viewer
     assert spoken.ready["room"] == "standup" and spoken.ready["speaker"] == "Ada"
@@ -43,7 +43,7 @@ async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_t
     assert any(m["type"] == "partial" for m in seen)
 
     # A viewer joining after the speaker left gets the room's recent finals, flagged as backlog.
-    async with connect(watch_url(sphinx_url, "standup")) as late:
+    async with connect(watch_url(cpu_url, "standup")) as late:
         hello = json.loads(await late.recv())
         backlog = [json.loads(await late.recv()) for _ in range(3)]
     assert hello["type"] == "watching"
@@ -51,18 +51,18 @@ async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_t
     assert all(m["backlog"] and m["type"] == "final" for m in backlog)
 
 
-async def test_two_speakers_in_one_room_are_told_apart_and_the_room_outlives_a_reconnect(sphinx_url):
+async def test_two_speakers_in_one_room_are_told_apart_and_the_room_outlives_a_reconnect(cpu_url):
     room = "panel"
     seen: list[dict] = []
-    viewer = asyncio.create_task(collect(watch_url(sphinx_url, room), seen, until_finals=3))
+    viewer = asyncio.create_task(collect(watch_url(cpu_url, room), seen, until_finals=3))
     await asyncio.sleep(0.5)
     jfk, ldc = load_16k("jfk_16k.wav")[:int(8.2 * RATE)], load_16k("ldc93s1.wav")
     # Bob speaks through `?room=` on the URL; Ada through `start`, then reconnects and speaks again.
     bob, ada = await asyncio.gather(
-        stream_audio(ldc, RATE, sphinx_url.replace("/v1/listen", f"/v1/listen?room={room}"), speed=2.0,
+        stream_audio(ldc, RATE, cpu_url.replace("/v1/listen", f"/v1/listen?room={room}"), speed=2.0,
                      start_extra={"speaker": "Bob"}),
-        stream_audio(jfk, RATE, sphinx_url, speed=2.0, start_extra={"room": room, "speaker": "Ada"}))
-    ada2 = await stream_audio(ldc, RATE, sphinx_url, speed=4.0, start_extra={"room": room, "speaker": "Ada"})
+        stream_audio(jfk, RATE, cpu_url, speed=2.0, start_extra={"room": room, "speaker": "Ada"}))
+    ada2 = await stream_audio(ldc, RATE, cpu_url, speed=4.0, start_extra={"room": room, "speaker": "Ada"})
     await viewer
     finals = [m for m in seen if m["type"] == "final"]
     by = {s: " ".join(f["text"] for f in finals if f["speaker"] == s) for s in ("Ada", "Bob")}
@@ -76,20 +76,20 @@ async def test_two_speakers_in_one_room_are_told_apart_and_the_room_outlives_a_r
 
 
 @pytest.mark.parametrize("room", ["", "has space", "x" * 65, "../etc", "-lead"])
-async def test_bad_room_names_are_refused(sphinx_url, room):
-    async with connect(sphinx_url.replace("/v1/listen", "/v1/watch") + ("?room=" + quote(room) if room else "")) as ws:
+async def test_bad_room_names_are_refused(cpu_url, room):
+    async with connect(cpu_url.replace("/v1/listen", "/v1/watch") + ("?room=" + quote(room) if room else "")) as ws:
         err = json.loads(await ws.recv())
         assert err["type"] == "error" and err["code"] == "bad_room"
         with pytest.raises(ConnectionClosed):
             await ws.recv()
         assert ws.close_code == 1008
-    async with connect(sphinx_url) as ws:
+    async with connect(cpu_url) as ws:
         await ws.send(json.dumps({"type": "start", "room": room}))
         assert json.loads(await ws.recv())["code"] == "bad_room"
 
 
-async def test_viewer_may_ping(sphinx_url):
-    async with connect(watch_url(sphinx_url, "pings")) as ws:
+async def test_viewer_may_ping(cpu_url):
+    async with connect(watch_url(cpu_url, "pings")) as ws:
         assert json.loads(await ws.recv())["type"] == "watching"
         await ws.send(json.dumps({"type": "ping"}))
         assert json.loads(await ws.recv())["type"] == "pong"

@@ -1,4 +1,4 @@
-"""End to end over a real websocket on loopback, with the embedded pocketsphinx backend and real speech."""
+"""End to end over a real websocket on loopback, with the embedded Whisper tiny.en backend and real speech."""
 import asyncio
 import json
 
@@ -29,19 +29,19 @@ def check_protocol_order(messages: list[dict]) -> None:
     assert messages[-1]["type"] == "end"
 
 
-async def test_jfk_finals_have_low_wer(sphinx_url):
+async def test_jfk_finals_have_low_wer(cpu_url):
     audio = load_16k("jfk_16k.wav")
-    result = await stream_audio(audio, RATE, sphinx_url, speed=0)
-    assert result.ready["backend"] == "sphinx" and result.ready["protocol"] == 1
+    result = await stream_audio(audio, RATE, cpu_url, speed=0)
+    assert result.ready["backend"] == "whisper" and result.ready["protocol"] == 1
     assert result.finals and result.close_code == 1000
     check_protocol_order(result.messages)
     assert wer(transcript("jfk_16k.wav"), result.text) <= 0.5, result.text
 
 
-async def test_one_final_per_utterance_across_pauses(sphinx_url):
+async def test_one_final_per_utterance_across_pauses(cpu_url):
     names = ["ldc93s1.wav", "lj050_0131.wav", "uberi_one_two_three.wav", "lj001_0005.wav"]
     audio, spans = join_with_silence(names, [1.0, 1.5, 2.0, 1.2])
-    result = await stream_audio(audio, RATE, sphinx_url, speed=0)
+    result = await stream_audio(audio, RATE, cpu_url, speed=0)
     check_protocol_order(result.messages)
     assert len(result.finals) == len(names)
     for final, (start, end), name in zip(result.finals, spans, names):
@@ -49,9 +49,9 @@ async def test_one_final_per_utterance_across_pauses(sphinx_url):
         assert wer(transcript(name), final["text"]) < 0.9, (name, final["text"])
 
 
-async def test_continuous_speech_gives_contiguous_windows_of_at_most_10s(sphinx_url):
+async def test_continuous_speech_gives_contiguous_windows_of_at_most_10s(cpu_url):
     speech = continuous_speech(25.0)
-    result = await stream_audio(speech, RATE, sphinx_url, speed=0)
+    result = await stream_audio(speech, RATE, cpu_url, speed=0)
     check_protocol_order(result.messages)
     finals = result.finals
     assert len(finals) >= 3
@@ -61,30 +61,30 @@ async def test_continuous_speech_gives_contiguous_windows_of_at_most_10s(sphinx_
     assert finals[0]["start"] <= 0.05 and finals[-1]["end"] == len(speech) / RATE
 
 
-async def test_two_concurrent_sessions_get_only_their_own_text(sphinx_url):
+async def test_two_concurrent_sessions_get_only_their_own_text(cpu_url):
     a, b = load_16k("jfk_16k.wav"), load_16k("lj050_0131.wav")
-    ra, rb = await asyncio.gather(stream_audio(a, RATE, sphinx_url, speed=2.0),
-                                  stream_audio(b, RATE, sphinx_url, speed=2.0))
+    ra, rb = await asyncio.gather(stream_audio(a, RATE, cpu_url, speed=2.0),
+                                  stream_audio(b, RATE, cpu_url, speed=2.0))
     assert ra.ready["session"] != rb.ready["session"]
     ta, tb = transcript("jfk_16k.wav"), transcript("lj050_0131.wav")
     assert wer(ta, ra.text) <= 0.5 and wer(tb, rb.text) <= 0.6, (ra.text, rb.text)
     assert wer(tb, ra.text) > 0.9 and wer(ta, rb.text) > 0.9
 
 
-async def test_stop_in_the_middle_of_speech_still_yields_its_final(sphinx_url):
+async def test_stop_in_the_middle_of_speech_still_yields_its_final(cpu_url):
     audio = load_16k("jfk_16k.wav")[:int(6.3 * RATE)]  # "... ask not what your country" and stop mid-sentence
-    result = await stream_audio(audio, RATE, sphinx_url, speed=0)
+    result = await stream_audio(audio, RATE, cpu_url, speed=0)
     check_protocol_order(result.messages)
     assert result.finals[-1]["end"] == pytest.approx(6.3, abs=1e-3)
     assert "my fellow" in result.text and len(result.text.split()) >= 6, result.text
 
 
-async def test_44k_stereo_flac_and_f32_give_the_same_segments_as_16k_s16(sphinx_url):
-    base = await stream_audio(load_16k("jfk_16k.wav"), RATE, sphinx_url, speed=0)
-    f32 = await stream_audio(load_16k("jfk_16k.wav"), RATE, sphinx_url, speed=0, encoding="pcm_f32le")
+async def test_44k_stereo_flac_and_f32_give_the_same_segments_as_16k_s16(cpu_url):
+    base = await stream_audio(load_16k("jfk_16k.wav"), RATE, cpu_url, speed=0)
+    f32 = await stream_audio(load_16k("jfk_16k.wav"), RATE, cpu_url, speed=0, encoding="pcm_f32le")
     flac, rate = load_audio(str(AUDIO / "jfk.flac"))  # 44.1 kHz stereo, downmixed by the client
     assert rate == 44100
-    hi = await stream_audio(flac, rate, sphinx_url, speed=0, encoding="pcm_f32le")
+    hi = await stream_audio(flac, rate, cpu_url, speed=0, encoding="pcm_f32le")
     spans = lambda r: [(f["start"], f["end"]) for f in r.finals]  # noqa: E731
     assert spans(f32) == spans(base) and f32.text == base.text
     assert len(hi.finals) == len(base.finals)
@@ -120,8 +120,8 @@ async def recv_json(ws) -> dict:
     ({"type": "finalize"}, "not_started"),
     ({"type": "stop"}, "not_started"),
 ])
-async def test_bad_start_gets_an_error_and_the_connection_stays_usable(sphinx_url, start, code):
-    async with connect(sphinx_url) as ws:
+async def test_bad_start_gets_an_error_and_the_connection_stays_usable(cpu_url, start, code):
+    async with connect(cpu_url) as ws:
         await ws.send(encode(np.zeros(800, np.float32), "pcm_s16le"))  # audio before start
         assert (await recv_json(ws))["code"] == "not_started"
         await ws.send(start if isinstance(start, str) else json.dumps(start))
@@ -139,9 +139,9 @@ async def test_bad_start_gets_an_error_and_the_connection_stays_usable(sphinx_ur
         assert (await recv_json(ws))["type"] == "end"
 
 
-async def test_finalize_closes_the_open_window_now(sphinx_url):
+async def test_finalize_closes_the_open_window_now(cpu_url):
     audio = load_16k("jfk_16k.wav")
-    async with connect(sphinx_url) as ws:
+    async with connect(cpu_url) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
         assert (await recv_json(ws))["type"] == "ready"
         for i in range(0, 3 * RATE, 800):
@@ -154,12 +154,12 @@ async def test_finalize_closes_the_open_window_now(sphinx_url):
         assert (await recv_json(ws))["type"] == "end"
 
 
-def test_healthz_and_page(sphinx_url):
+def test_healthz_and_page(cpu_url):
     import urllib.request
 
-    base = http_base(sphinx_url)
-    status = health(sphinx_url)
-    assert status["status"] == "ok" and status["backend"] == "sphinx" and "sessions" in status
+    base = http_base(cpu_url)
+    status = health(cpu_url)
+    assert status["status"] == "ok" and status["backend"] == "whisper" and "sessions" in status
     assert status["loop_lag"]["max_ms"] >= 0 and status["loop_lag"]["over_250ms"] >= 0
     page = urllib.request.urlopen(base + "/", timeout=10)
     assert page.headers["Content-Type"].startswith("text/html")
@@ -168,13 +168,13 @@ def test_healthz_and_page(sphinx_url):
     assert exc.value.code == 404
 
 
-async def test_metrics_count_what_a_stream_did(sphinx_url):
-    before = scrape(sphinx_url)
+async def test_metrics_count_what_a_stream_did(cpu_url):
+    before = scrape(cpu_url)
     assert before["captions_up"] == 1
     names = ["ldc93s1.wav", "uberi_one_two_three.wav"]
     audio, _ = join_with_silence(names, [1.0, 1.5])
-    result = await stream_audio(audio, RATE, sphinx_url, speed=0)
-    after = scrape(sphinx_url)
+    result = await stream_audio(audio, RATE, cpu_url, speed=0)
+    after = scrape(cpu_url)
     finals = 'captions_window_latency_seconds_count{kind=final}'
     assert after[finals] - before.get(finals, 0) >= len(result.finals) == len(names)
     assert after["captions_engine_windows_total"] - before["captions_engine_windows_total"] >= len(names)

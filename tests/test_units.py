@@ -18,14 +18,33 @@ def test_default_config_loads_and_cli_overrides_win(tmp_path):
     cfg = load_config()
     assert cfg.backend.name == "auto" and cfg.segmenter.max_window_s == 10.0
     cfg = load_config(None, {"server.port": "0", "segmenter.vad": "silero", "backend.model": None})
-    assert cfg.server.port == 0 and cfg.segmenter.vad == "silero" and cfg.backend.model == "nvidia/canary-qwen-2.5b"
+    assert cfg.server.port == 0 and cfg.segmenter.vad == "silero" and cfg.backend.model == ""
+    # each backend has its own default model, and its own options section
+    assert cfg.backend.salm.model == "nvidia/canary-qwen-2.5b" and cfg.backend.whisper.model == ""
+    assert cfg.backend.whisper.compute_type == "auto" and cfg.backend.salm.static_cache_len == 0
+
+
+def test_set_wins_over_every_flag_the_user_did_not_give():
+    from server.__main__ import FLAG_KEYS, overrides, parse_args
+
+    for flag, key in FLAG_KEYS.items():
+        value = {"port": "1234", "backend": "salm", "device": "cpu", "vad": "silero"}.get(flag, "/tmp/x")
+        assert overrides(parse_args(["--set", f"{key}={value}"])) == {key: value}, flag
+        cli = "--" + flag.replace("_", "-")
+        assert overrides(parse_args([cli, value]))[key] == (int(value) if flag == "port" else value), flag
+    # a --set given with a flag for the same key wins too (it is applied last)
+    assert overrides(parse_args(["--port", "1", "--set", "server.port=2"])) == {"server.port": "2"}
+    cfg = load_config(None, overrides(parse_args(["--set", "server.data_dir=/tmp/x", "--set", "backend.name=salm"])))
+    assert cfg.server.data_dir == "/tmp/x" and cfg.backend.name == "salm"
 
 
 @pytest.mark.parametrize("yaml_text, message", [
     ("segmenter:\n  hangovr_ms: 300\n", "hangovr_ms"),
-    ("backend:\n  name: whisper\n", "backend.name"),
+    ("backend:\n  name: sphinx\n", "backend.name"),
+    ("backend:\n  static_cache_len: 3\n", "static_cache_len"),  # a SALM option lives in backend.salm
     ("segmenter:\n  frame_ms: 25\n", "frame_ms"),
-    ("backend:\n  cuda_graphs: maybe\n", "cuda_graphs: 'maybe' is not a boolean"),
+    ("backend:\n  salm:\n    cuda_graphs: maybe\n", "cuda_graphs: 'maybe' is not a boolean"),
+    ("backend:\n  whisper:\n    modle: x\n", "backend.whisper: modle"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, yaml_text, message):
     path = tmp_path / "c.yaml"
@@ -35,8 +54,9 @@ def test_bad_config_is_refused_with_a_clear_message(tmp_path, yaml_text, message
 
 
 def test_boolean_overrides_from_the_command_line():
-    cfg = load_config(None, {"backend.cuda_graphs": "on", "engine.drafts": "False", "engine.bucket_by_length": "1"})
-    assert cfg.backend.cuda_graphs is True and cfg.engine.drafts is False and cfg.engine.bucket_by_length is True
+    cfg = load_config(None, {"backend.salm.cuda_graphs": "on", "engine.drafts": "False",
+                             "engine.bucket_by_length": "1"})
+    assert cfg.backend.salm.cuda_graphs is True and cfg.engine.drafts is False and cfg.engine.bucket_by_length is True
     with pytest.raises(ValueError, match="engine.drafts: 'ture' is not a boolean"):
         load_config(None, {"engine.drafts": "ture"})
 
@@ -64,19 +84,23 @@ def test_parser_errors(text, code):
 class RecordingBackend:
     """A scheduling probe, not a model: it records the batches it is given and echoes each window's length."""
 
-    name, model = "probe", "probe"
+    name, model, reason = "probe", "probe", "test"
+    uses_drafts = False
 
     def __init__(self, fail_on: int | None = None):
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
         self.fail_on = fail_on
 
-    def transcribe(self, audios):
+    def transcribe(self, audios, drafts=None, contexts=None):
         self.gate.wait(5)
         self.batches.append([len(a) for a in audios])
         if self.fail_on in self.batches[-1]:
             raise RuntimeError("boom")
         return [str(len(a)) for a in audios]
+
+    def decode_stats(self):
+        return None
 
     def close(self):
         pass
@@ -155,7 +179,7 @@ class DraftProbe(RecordingBackend):
         self.gate.set()
         self.drafts: list[list[str | None]] = []
 
-    def transcribe(self, audios, drafts=None):
+    def transcribe(self, audios, drafts=None, contexts=None):
         self.drafts.append(drafts)
         return super().transcribe(audios)
 

@@ -1,54 +1,90 @@
-"""Backends turn windows of 16 kHz float32 audio into text. The whole interface (duck-typed):
+"""Backends turn windows of 16 kHz float32 audio into text, behind one typed interface and one registry.
 
-    name: str                                   # "salm" | "sphinx"
-    model: str                                  # what was loaded
-    transcribe(audios: list[np.ndarray]) -> list[str]   # one batch, blocking; called from the engine's thread
-    close() -> None
+Adding a backend is one module (its class and its options dataclass) plus one entry in BACKENDS. Its options
+become the config section ``backend.<name>`` (see config.py), its name a choice of ``--backend``.
 
-A backend with ``uses_drafts = True`` also takes ``transcribe(audios, drafts)``: per window, the text of the
-previous partial of the same window (or None), which it may use to decode faster, never to change the result.
+Every module here is cheap to import: heavy libraries (torch, NeMo, CTranslate2) are imported when a backend is
+built, so that a server running one backend never pays for another.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from ..config import BackendConfig
+import numpy as np
+
+from . import salm, whisper
 
 log = logging.getLogger(__name__)
+
+class Backend(Protocol):
+    """What the engine and the server use of a backend. Optional abilities are declared, never probed."""
+
+    name: str  # its key in BACKENDS
+    model: str  # what was loaded (a hub id, a directory), for `ready` and /healthz
+    reason: str  # why this backend runs (set by create_backend), for `ready` and the log
+    uses_drafts: bool  # transcribe() makes use of `drafts`; engines skip computing them otherwise
+
+    def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
+                   contexts: Sequence[str | None] | None = None) -> list[str]:
+        """One batch, blocking (the engine calls it from its worker thread): the text of each window.
+
+        drafts: the text of each window's previous partial (or None), a hint to decode faster; it never changes
+        the result. contexts: each window's stream context (names and terms likely to be said, or None).
+        A window's text never depends on the other windows of its batch."""
+        ...
+
+    def decode_stats(self) -> dict[str, int] | None:
+        """Running decode counters for /healthz and /metrics, or None if the backend keeps none."""
+        ...
+
+    def close(self) -> None:
+        """Frees the model. Called once, from a worker thread, under the shutdown deadline."""
+        ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    options: type  # a dataclass: the config section backend.<name>, with the backend's own default model
+    load: Callable[[Any, str, str, float, int], Backend]  # (options, model, device, tokens/s, min cap) -> backend
+    describe: str  # for --help
+
+
+BACKENDS: dict[str, Entry] = {
+    "salm": Entry(salm.SalmOptions, salm.load, "NVIDIA Canary-Qwen-2.5B (NeMo SALM); bf16 on CUDA"),
+    "whisper": Entry(whisper.WhisperOptions, whisper.load,
+                     "Whisper via faster-whisper/CTranslate2; int8 on CPU, float16 on CUDA"),
+}
+AUTO_GPU, AUTO_CPU = "salm", "whisper"  # what `auto` picks with and without a CUDA GPU
 
 
 def cuda_available() -> bool:
     try:
         import torch
-
-        return torch.cuda.is_available()
     except ImportError:
         return False
+    return torch.cuda.is_available()
 
 
-def choose(cfg: BackendConfig) -> tuple[str, str, str]:
+def choose(name: str, device: str) -> tuple[str, str, str]:
     """Resolves `auto` into (backend name, device, the reason), without loading anything."""
     cuda = cuda_available()
-    device = cfg.device if cfg.device != "auto" else ("cuda" if cuda else "cpu")
-    if cfg.name != "auto":
-        return cfg.name, device, f"backend {cfg.name!r} was asked for"
+    device = device if device != "auto" else ("cuda" if cuda else "cpu")
+    if name != "auto":
+        return name, device, f"backend {name!r} was asked for"
     if cuda:
-        return "salm", "cuda", "a CUDA GPU is present"
-    return "sphinx", "cpu", "no CUDA GPU: using the embedded CPU backend"
+        return AUTO_GPU, device, "a CUDA GPU is present"
+    return AUTO_CPU, device, "no CUDA GPU: Whisper on the CPU"
 
 
-def create_backend(cfg: BackendConfig):
-    name, device, reason = choose(cfg)
-    log.info("backend %s on %s (%s)", name, device, reason)
-    if name == "salm":
-        from .salm import SalmBackend
-
-        backend = SalmBackend(cfg.model, device=device, max_tokens_per_second=cfg.max_tokens_per_second,
-                              min_new_tokens_cap=cfg.min_new_tokens_cap, static_cache_len=cfg.static_cache_len,
-                              cuda_graphs=cfg.cuda_graphs)
-    else:
-        from .sphinx import SphinxBackend
-
-        backend = SphinxBackend()
+def create_backend(cfg) -> Backend:
+    """Builds the backend a BackendConfig asks for (blocking: loading a model takes seconds to minutes)."""
+    name, device, reason = choose(cfg.name, cfg.device)
+    options = getattr(cfg, name)
+    model = cfg.model or options.model
+    log.info("backend %s on %s (%s), model %s", name, device, reason, model or "(built in)")
+    backend = BACKENDS[name].load(options, model, device, cfg.max_tokens_per_second, cfg.min_new_tokens_cap)
     backend.reason = reason
     return backend

@@ -7,26 +7,43 @@ package.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
-
-from .salm_decode import audio_prompt_embeds
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 10  # shorter inputs are zero-padded to 0.1 s so the encoder gets at least one frame
 PROMPT = "Transcribe the following: {tag}"
+# A stream's context (names and terms likely to be said) goes before the request, in the same user turn.
+CONTEXT_PROMPT = "Names and terms that may be said: {context}\n" + PROMPT
 MIN_ACCEPTANCE = 0.5  # drafts are used while at least this share of their tokens is accepted
 PROBE_EVERY = 10  # below it, one batch in this many still tries them
 RECENT_TEXTS = 4096  # outputs remembered as drafts: more than one per live window at any plausible load
 
 
+@dataclass
+class SalmOptions:
+    model: str = "nvidia/canary-qwen-2.5b"  # hub id or local checkpoint directory
+    static_cache_len: int = 0  # > 0 (e.g. 320 for 10 s windows): decode over preallocated KV caches
+    cuda_graphs: bool = False  # on CUDA, with static_cache_len: the decode step replayed as a CUDA graph
+
+
+def load(options: SalmOptions, model: str, device: str, max_tokens_per_second: float,
+         min_new_tokens_cap: int) -> "SalmBackend":
+    return SalmBackend(model, device=device, max_tokens_per_second=max_tokens_per_second,
+                       min_new_tokens_cap=min_new_tokens_cap, static_cache_len=options.static_cache_len,
+                       cuda_graphs=options.cuda_graphs)
+
+
 class SalmBackend:
     name = "salm"
     uses_drafts = True  # transcribe() takes the previous partial of each window as a draft
+    reason = ""
 
     def __init__(self, model: str, device: str = "cuda", **options):
         """Loads `model` (hub id or local directory). `options`: see _setup."""
@@ -80,10 +97,10 @@ class SalmBackend:
         self._salm = salm
         self._eos_id = salm.text_eos_id
         self._pad_id = salm.text_pad_id
-        # The prompt is the same for every window: formatted and tokenized once.
-        formatter = PromptFormatter.resolve(salm.cfg.prompt_format)(salm.tokenizer)
-        turns = [{"role": "user", "content": PROMPT.format(tag=salm.audio_locator_tag)}]
-        self._prompt_ids = torch.as_tensor(formatter.encode_dialog(turns=turns)["input_ids"]).to(self._device)
+        # Prompts are tokenized once per context (streams keep theirs), the one without context right away.
+        self._formatter = PromptFormatter.resolve(salm.cfg.prompt_format)(salm.tokenizer)
+        self._prompts: OrderedDict[str | None, list[int]] = OrderedDict()
+        self.prompt_ids(None)
         self._decoder = GreedyDecoder(salm.llm, salm.embed_tokens, self._eos_id, self._pad_id,
                                       static_len=static_cache_len, cuda_graphs=cuda_graphs)
         self.ignore_eos = False  # benchmarks on random weights: every row decodes exactly to its cap
@@ -101,11 +118,34 @@ class SalmBackend:
         """Generation cap for one clip: bounds the damage of a repetition loop to the audio's plausible length."""
         return max(self.min_new_tokens_cap, math.ceil(len(audio) / SAMPLE_RATE * self.max_tokens_per_second))
 
-    def transcribe_ids(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None) -> list[list[int]]:
+    def prompt_ids(self, context: str | None) -> list[int]:
+        """The chat-formatted request with its audio placeholder, and the stream's context if it has one."""
+        context = context.strip() if context and context.strip() else None
+        if context not in self._prompts:
+            tag = self._salm.audio_locator_tag
+            content = CONTEXT_PROMPT.format(context=context, tag=tag) if context else PROMPT.format(tag=tag)
+            turns = [{"role": "user", "content": content}]
+            self._prompts[context] = list(self._formatter.encode_dialog(turns=turns)["input_ids"])
+            if len(self._prompts) > RECENT_TEXTS:
+                self._prompts.popitem(last=False)
+        return self._prompts[context]
+
+    def _prompt_tokens(self, rows: int, contexts) -> "torch.Tensor":
+        """(rows, T) prompt ids, left-padded with pad where contexts differ in length (SALM un-pads them)."""
+        prompts = [self.prompt_ids(c) for c in (contexts or [None] * rows)]
+        width = max(map(len, prompts))
+        tokens = [[self._pad_id] * (width - len(p)) + p for p in prompts]
+        return self._torch.tensor(tokens, dtype=self._torch.long, device=self._device)
+
+    def transcribe_ids(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
+                       contexts: list[str | None] | None = None) -> list[list[int]]:
         """Generated token ids per input, cut at the first EOS, pad dropped. ``drafts``: a guess at each output
-        (the previous partial's ids), checked in the prefill; it changes the cost, never the result."""
+        (the previous partial's ids), checked in the prefill; it changes the cost, never the result.
+        ``contexts``: each window's stream context, which goes into its prompt."""
         if not audios:
             return []
+        from .salm_decode import audio_prompt_embeds
+
         torch = self._torch
         clips = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audios]
         lens = [max(len(c), MIN_SAMPLES) for c in clips]
@@ -117,7 +157,8 @@ class SalmBackend:
         # Each row stops at its own cap, so a clip's text does not depend on what it was batched with.
         caps = [self.max_new_tokens(c) for c in clips]
         with self._lock, torch.inference_mode():
-            embeds, mask = audio_prompt_embeds(self._salm, self._prompt_ids, audio, audio_lens)
+            tokens = self._prompt_tokens(len(clips), contexts)
+            embeds, mask = audio_prompt_embeds(self._salm, tokens, audio, audio_lens)
             ids, stats = self._decoder.decode(embeds, mask, caps, drafts, ignore_eos=self.ignore_eos)
         self.stats.steps += stats.steps
         self.stats.draft_tokens += stats.draft_tokens
@@ -126,12 +167,13 @@ class SalmBackend:
             self._acceptance += 0.2 * (stats.accepted_tokens / stats.draft_tokens - self._acceptance)
         return [cut_at_eos(row, self._eos_id, self._pad_id) for row in ids]
 
-    def transcribe(self, audios: list[np.ndarray], drafts: list[str | None] | None = None) -> list[str]:
+    def transcribe(self, audios: list[np.ndarray], drafts: list[str | None] | None = None,
+                   contexts: list[str | None] | None = None) -> list[str]:
         """Text per window; ``drafts`` is the previous partial's text of each window, where there is one."""
         tok = self._salm.tokenizer
         draft_ids = [self._draft_ids(d) for d in drafts] if drafts and self._drafts_pay() else None
         texts = []
-        for ids in self.transcribe_ids(audios, draft_ids):
+        for ids in self.transcribe_ids(audios, draft_ids, contexts):
             texts.append(tok.ids_to_text(ids).strip() if ids else "")
             self._recent[texts[-1]] = ids
             self._recent.move_to_end(texts[-1])
@@ -150,6 +192,9 @@ class SalmBackend:
         if not text:
             return []
         return self._recent.get(text) or self._salm.tokenizer.text_to_ids(text)
+
+    def decode_stats(self) -> dict[str, int]:
+        return dataclasses.asdict(self.stats)
 
     def close(self) -> None:
         device = self._device

@@ -29,16 +29,15 @@ class DecodeStats:
     accepted_tokens: int = 0
 
 
-def audio_prompt_embeds(salm, prompt_ids: torch.Tensor, audios: torch.Tensor, audio_lens: torch.Tensor):
-    """Input embeddings and attention mask for one prompt (token ids with one audio placeholder) per clip,
-    left-padded: exactly what ``SALM.generate`` hands to the LLM."""
+def audio_prompt_embeds(salm, tokens: torch.Tensor, audios: torch.Tensor, audio_lens: torch.Tensor):
+    """Input embeddings and attention mask for one prompt per clip (``tokens``: (clips, T) ids with one audio
+    placeholder each, left-padded with the pad id), left-padded: exactly what ``SALM.generate`` hands to the LLM."""
     # The helpers SALM.generate itself uses, taken from its module so that they are the ones it calls.
     from nemo.collections.speechlm2.models.salm import (
         encode_audio_with_optional_chunking,
         replace_placeholders_and_build_targets,
     )
 
-    tokens = prompt_ids.unsqueeze(0).expand(len(audios), -1)
     token_embeds = salm.embed_tokens(tokens.where(tokens != salm.audio_locator_tag_id, 0))
     audio_embeds = encode_audio_with_optional_chunking(
         salm.perception, audios, audio_lens,

