@@ -1,6 +1,7 @@
 """End to end over a real websocket on loopback, with the embedded Whisper tiny.en backend and real speech."""
 import asyncio
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ async def test_jfk_finals_have_low_wer(cpu_url):
     assert result.ready["backend"] == "whisper" and result.ready["protocol"] == 1
     assert result.finals and result.close_code == 1000
     check_protocol_order(result.messages)
-    assert wer(transcript("jfk_16k.wav"), result.text) <= 0.5, result.text
+    assert wer(transcript("jfk_16k.wav"), result.text) <= 0.2, result.text
 
 
 async def test_one_final_per_utterance_across_pauses(cpu_url):
@@ -46,7 +47,10 @@ async def test_one_final_per_utterance_across_pauses(cpu_url):
     assert len(result.finals) == len(names)
     for final, (start, end), name in zip(result.finals, spans, names):
         assert final["start"] < start + 0.5 and final["end"] > end - 0.6
-        assert wer(transcript(name), final["text"]) < 0.9, (name, final["text"])
+        if name == "uberi_one_two_three.wav":  # Whisper writes "1, 2, 3.", which the normaliser scores as 3.0
+            assert re.sub(r"\D", "", final["text"]) == "123", final["text"]
+        else:
+            assert wer(transcript(name), final["text"]) < 0.5, (name, final["text"])
 
 
 async def test_continuous_speech_gives_contiguous_windows_of_at_most_10s(cpu_url):
@@ -67,7 +71,7 @@ async def test_two_concurrent_sessions_get_only_their_own_text(cpu_url):
                                   stream_audio(b, RATE, cpu_url, speed=2.0))
     assert ra.ready["session"] != rb.ready["session"]
     ta, tb = transcript("jfk_16k.wav"), transcript("lj050_0131.wav")
-    assert wer(ta, ra.text) <= 0.5 and wer(tb, rb.text) <= 0.6, (ra.text, rb.text)
+    assert wer(ta, ra.text) <= 0.2 and wer(tb, rb.text) <= 0.35, (ra.text, rb.text)
     assert wer(tb, ra.text) > 0.9 and wer(ta, rb.text) > 0.9
 
 

@@ -24,6 +24,17 @@ def test_default_config_loads_and_cli_overrides_win(tmp_path):
     assert cfg.backend.whisper.compute_type == "auto" and cfg.backend.salm.static_cache_len == 0
 
 
+def test_auto_is_salm_on_a_cuda_gpu_and_whisper_otherwise(monkeypatch):
+    from server import backends
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    assert backends.choose("auto", "auto")[:2] == ("whisper", "cpu")
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    assert backends.choose("auto", "auto")[:2] == ("salm", "cuda")
+    assert backends.choose("whisper", "auto")[:2] == ("whisper", "cuda")
+    assert backends.choose("salm", "cpu") == ("salm", "cpu", "backend 'salm' was asked for")
+
+
 def test_set_wins_over_every_flag_the_user_did_not_give():
     from server.__main__ import FLAG_KEYS, overrides, parse_args
 

@@ -100,6 +100,7 @@ class WhisperBackend:
         self.min_new_tokens_cap = min_new_tokens_cap
         # The same decode limit for every call (see the module doc): enough for the longest audio Whisper takes.
         self._max_new = min(self.max_new_tokens(MAX_AUDIO_S * SAMPLE_RATE), self._whisper.max_length // 2)
+        self._bare = len(self.prompt(None))  # a longer prompt carries a context
         # Proof that the model loaded and runs, before the server says it is ready.
         self.transcribe([np.zeros(SAMPLE_RATE, np.float32)])
         log.info("whisper %s: %s on %s", self.model, compute, device)
@@ -139,17 +140,21 @@ class WhisperBackend:
                 part, [prompts[i] for i in rows], beam_size=1, max_length=length + self._max_new,
                 return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
             for i, result in zip(rows, results):
-                texts[i] = self._text(result, self.max_new_tokens(len(clips[i])))
+                texts[i] = self._text(result, self.max_new_tokens(len(clips[i])), prompted=length > self._bare)
         return texts
 
-    def _text(self, result, cap: int) -> str:
+    def _text(self, result, cap: int, prompted: bool) -> str:
         ids = result.sequences_ids[0]
         # CTranslate2's score is the sum of log-probabilities divided by the length (length_penalty 1);
         # faster-whisper's average counts the end-of-text token too.
         avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
         o = self.options
-        if result.no_speech_prob > o.no_speech_threshold and avg_logprob < o.log_prob_threshold:
-            return ""
+        if result.no_speech_prob > o.no_speech_threshold:
+            # faster-whisper keeps a likely-silent window whose text is confident. With a context in the prompt
+            # that confidence means nothing: on silence the model copies the context, sure of itself (measured:
+            # no-speech 0.97, average log-probability -0.12, "Okonkwo, Quetzalcoatl, Quetzalcoatl, ...").
+            if prompted or avg_logprob < o.log_prob_threshold:
+                return ""
         return self._tokenizer.decode([t for t in ids[:cap] if t < self._tokenizer.eot]).strip()
 
     def decode_stats(self) -> None:
