@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .captions import to_srt, to_vtt
-from .stream import DEFAULT_URL, load_audio, stream_audio
+from .stream import DEFAULT_URL, MAX_CONTEXT, context_arg, load_audio, stream_audio
 
 
 class Printer:
@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     p.add_argument("--frame-ms", type=int, default=50, choices=range(20, 101), metavar="20..100")
     p.add_argument("--srt", type=Path, help="write the finals as SubRip subtitles")
     p.add_argument("--vtt", type=Path, help="write the finals as WebVTT subtitles")
+    p.add_argument("--context", type=context_arg, metavar="TEXT",
+                   help=f"names and terms likely to be said (at most {MAX_CONTEXT} characters), e.g. "
+                        f"\"Anneliese Kowalczyk, Quetzalcoatl\": the server gives them to the model as a prompt")
     args = p.parse_args(argv)
     try:
         audio, rate = load_audio(args.path)
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
         print(f"cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(stream_audio(audio, rate, args.url, args.speed, args.frame_ms, on_message=Printer()))
+        result = asyncio.run(stream_audio(audio, rate, args.url, args.speed, args.frame_ms, on_message=Printer(),
+                                          context=args.context))
     except OSError as exc:
         print(f"cannot reach the server at {args.url}: {exc}", file=sys.stderr)
         return 1

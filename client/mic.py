@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .captions import WRITERS
 from .file import Printer
 from .resample import RATE, Framer, MonoResampler, to_pcm16
-from .stream import DEFAULT_URL
+from .stream import DEFAULT_URL, MAX_CONTEXT, context_arg, start_message
 
 FRAME_MS = 40              # live frames; the protocol takes 10 ms to 1 s
 MIN_SEND = RATE // 100     # 10 ms: the smallest frame the server accepts
@@ -230,10 +230,10 @@ class CaptionLink:
 
     def __init__(self, url: str, backlog: Backlog, on_message: Callable[[dict], None],
                  on_status: Callable[[str], None], room: str | None = None, token: str | None = None,
-                 backoff: tuple[float, float] = (0.5, 5.0), open_timeout: float = 10.0):
+                 backoff: tuple[float, float] = (0.5, 5.0), open_timeout: float = 10.0, context: str | None = None):
         self.url, self.backlog = url, backlog
         self.on_message, self.on_status = on_message, on_status
-        self.room, self.token = room, token
+        self.room, self.token, self.context = room, token, context
         self.backoff, self.open_timeout = backoff, open_timeout
         self.finals: list[dict] = []  # on the stream's clock, numbered 0, 1, 2, ... across sessions
         self.ready: dict = {}
@@ -267,10 +267,8 @@ class CaptionLink:
                 raise ServerRefused(f"HTTP {exc.response.status_code} from {self.url}") from exc
             raise
         try:
-            start = {"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}
-            if self.room:
-                start["room"] = self.room
-            await ws.send(json.dumps(start))
+            # every session's start carries the room and the context: the server keeps nothing between them
+            await ws.send(json.dumps(start_message(RATE, "pcm_s16le", room=self.room, context=self.context)))
             ready = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
             if ready.get("type") != "ready":
                 raise ServerRefused(f"the server refused the stream: {ready.get('message', ready)}")
@@ -408,7 +406,8 @@ async def run(args: argparse.Namespace, display: Display) -> int:
     """The whole command: returns the exit status."""
     loop = asyncio.get_running_loop()
     backlog = Backlog(args.buffer_s)
-    link = CaptionLink(args.url, backlog, display.caption, display.status, args.room, args.token)
+    link = CaptionLink(args.url, backlog, display.caption, display.status, args.room, args.token,
+                       context=args.context)
     feed: AudioFeed | None = None
     try:  # the device first: a missing microphone is found locally, and quickly
         capture = Capture(parse_device(args.device), lambda block: feed.push(block), loop)
@@ -517,6 +516,10 @@ def main(argv=None) -> int:
     p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
     p.add_argument("--room", metavar="NAME", help="room to caption into (viewers watch it)")
     p.add_argument("--token", metavar="T", help="access token, sent as `Authorization: Bearer T`")
+    p.add_argument("--context", type=context_arg, metavar="TEXT",
+                   help=f"names and terms likely to be said (at most {MAX_CONTEXT} characters), e.g. "
+                        f"\"Anneliese Kowalczyk, Quetzalcoatl\": the server gives them to the model as a prompt; "
+                        f"sent again on every reconnect")
     p.add_argument("--save", type=save_path, metavar="FILE.srt|.vtt|.txt", help="write the finals here on exit")
     p.add_argument("--buffer-s", type=float, default=30.0, metavar="SECONDS",
                    help="most audio held for resending after a connection drop: since the last caption and "

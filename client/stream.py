@@ -2,6 +2,7 @@
 also used by tests and benchmarks."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -15,6 +16,30 @@ from websockets.asyncio.client import connect
 
 SERVER_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/listen"
+MAX_CONTEXT = 500  # characters of `context` (names and terms likely to be said) a start may carry
+
+
+def start_message(sample_rate: int, encoding: str = "pcm_s16le", *, context: str | None = None,
+                  room: str | None = None, speaker: str | None = None, **extra) -> dict:
+    """The `start` message every client sends, first on each connection (a reconnect sends it again, context
+    included: the server keeps nothing between sessions). Optional fields are left out when empty."""
+    msg = {"type": "start", "sample_rate": sample_rate, "encoding": encoding, "channels": 1}
+    context = (context or "").strip()
+    if len(context) > MAX_CONTEXT:
+        raise ValueError(f"context is {len(context)} characters; at most {MAX_CONTEXT}")
+    for key, value in (("context", context), ("room", room), ("speaker", speaker)):
+        if value:
+            msg[key] = value
+    return {**msg, **extra}
+
+
+def context_arg(value: str) -> str:
+    """The argparse type of the clients' --context: at most MAX_CONTEXT characters once its ends are trimmed."""
+    value = value.strip()
+    if len(value) > MAX_CONTEXT:
+        raise argparse.ArgumentTypeError(f"{len(value)} characters, more than the {MAX_CONTEXT} the server "
+                                         f"takes: keep it to the names and terms most likely to be said")
+    return value
 
 
 def load_audio(path: str) -> tuple[np.ndarray, int]:
@@ -54,14 +79,14 @@ class StreamResult:
 async def stream_audio(audio: np.ndarray, rate: int, url: str = DEFAULT_URL, speed: float = 1.0,
                        frame_ms: int = 50, encoding: str = "pcm_s16le",
                        on_message: Callable[[dict], None] | None = None, start_extra: dict | None = None,
-                       timeout: float = 300.0) -> StreamResult:
+                       timeout: float = 300.0, context: str | None = None) -> StreamResult:
     """Sends `audio` in `frame_ms` frames, `speed` times real time (0 = as fast as the server reads), then
-    `stop`; returns once the server has sent `end` and closed."""
+    `stop`; returns once the server has sent `end` and closed. `context`: names and terms likely to be said,
+    sent in `start` for the model's prompt."""
     result = StreamResult()
     frame = max(1, rate * frame_ms // 1000)
     async with connect(url, max_size=None, open_timeout=30) as ws:
-        await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": encoding, "channels": 1,
-                                  **(start_extra or {})}))
+        await ws.send(json.dumps(start_message(rate, encoding, context=context, **(start_extra or {}))))
         result.ready = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
         if result.ready.get("type") != "ready":
             raise RuntimeError(f"server refused the stream: {result.ready}")

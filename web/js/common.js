@@ -6,6 +6,14 @@ export const ROOM_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** Sample rates the server accepts in `start` (it resamples them to 16 kHz with soxr). */
 export const SERVER_RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000];
 
+/** Most characters of `context` (names and terms likely to be said) a `start` may carry. */
+export const MAX_CONTEXT = 500;
+
+/** A context as `start` carries it: ends trimmed, at most MAX_CONTEXT characters (code points); "" = none. */
+export function cleanContext(text) {
+  return Array.from(String(text ?? "").trim()).slice(0, MAX_CONTEXT).join("").trim();
+}
+
 /** A websocket URL on this page's host and port: ws: for http:, wss: for https:. */
 export function wsUrl(path, params = {}) {
   const url = new URL(path, location.href);

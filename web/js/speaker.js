@@ -1,13 +1,14 @@
 // Speaker page: microphone -> AudioWorklet (s16le at the context rate) -> /v1/listen; shows captions, keeps
 // the finals for TXT/SRT/VTT downloads, reconnects by itself.
 import {
-  ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, downloadText, el, fileStamp, hms, showState, wsUrl,
+  MAX_CONTEXT, ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, cleanContext, downloadText, el, fileStamp, hms,
+  showState, wsUrl,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
   state: $("state"), toggle: $("toggle"), level: $("level"), backend: $("backend"), model: $("model"),
-  notice: $("notice"),
+  notice: $("notice"), context: $("context"), contextNote: $("context-note"), contextCount: $("context-count"),
   roomFormSummary: $("room-form-summary"), roomSummary: $("room-summary"), roomInput: $("room-input"),
   speakerInput: $("speaker-input"), roomLinks: $("room-links"), roomLink: $("room-link"),
   overlayLink: $("overlay-link"), captions: $("captions"), partial: $("partial"), placeholder: $("placeholder"),
@@ -17,7 +18,7 @@ const ui = {
 const MAX_QUEUE_S = 10; // audio kept while reconnecting; older chunks are dropped
 const STOP_TIMEOUT_MS = 15000; // how long to wait for the server's `end` after `stop`
 
-// --- room and label from the page URL --------------------------------------------------------------------
+// --- room, label and context from the page URL -----------------------------------------------------------
 const params = new URLSearchParams(location.search);
 let room = (params.get("room") || "").trim();
 const speaker = Array.from((params.get("speaker") || "").trim()).slice(0, 64).join(""); // server: 1-64 chars
@@ -28,6 +29,19 @@ if (room && !ROOM_RE.test(room)) {
 }
 ui.roomInput.value = room;
 ui.speakerInput.value = speaker;
+ui.context.maxLength = MAX_CONTEXT;
+ui.context.value = cleanContext(params.get("context"));
+const CONTEXT_NOTE = ui.contextNote.textContent;
+function showContextCount() {
+  ui.contextCount.textContent = `${ui.context.value.length}/${MAX_CONTEXT}`;
+}
+showContextCount();
+ui.context.addEventListener("input", showContextCount);
+// The room form carries the field along (form="room-form"), so joining a room keeps it; an empty one stays out
+// of the URL.
+ui.roomInput.form.addEventListener("formdata", (event) => {
+  if (!cleanContext(event.formData.get("context"))) event.formData.delete("context");
+});
 if (room) {
   ui.roomSummary.textContent = `Room: ${room}` + (speaker ? ` · as ${speaker}` : "");
   ui.roomLink.href = `/room/${encodeURIComponent(room)}`;
@@ -51,6 +65,7 @@ let captured = 0; // samples captured since Start, at `rate`
 let earlierRuns = 0; // seconds captured by earlier Start..Stop runs: the transcript's clock goes on across them
 let sessionBase = null; // capture sample index of the current session's first sample
 let session = null;
+let context = ""; // the names and terms of the current run, fixed at Start: every session's start sends them
 const finals = []; // {start, end, text, segment, session}: seconds of audio captured since the first Start
 let partial = null; // {segment, text}
 
@@ -59,6 +74,7 @@ const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
     const start = { type: "start", sample_rate: rate, encoding: "pcm_s16le", channels: 1 };
     if (room) start.room = room;
     if (speaker) start.speaker = speaker;
+    if (context) start.context = context; // the server keeps nothing between sessions: a reconnect sends it again
     ws.send(JSON.stringify(start));
   },
   message: onMessage,
@@ -238,6 +254,8 @@ async function start() {
     return;
   }
   rate = capture.rate;
+  context = cleanContext(ui.context.value);
+  setContextLocked(true);
   running = true;
   stopping = false;
   captured = 0;
@@ -278,10 +296,21 @@ function finishStop() {
   queue = [];
   setPartial(null);
   setButton(false);
+  setContextLocked(false);
   ui.toggle.disabled = false;
   if (unexpected) setState("error", "Disconnected");
   else setState("stopped", "Stopped");
   if (socket.ws) socket.close(1000, "done");
+}
+
+// While captioning, the field shows the context in use; an edit would only reach the next run.
+const CONTEXT_PLACEHOLDER = ui.context.placeholder;
+function setContextLocked(locked) {
+  ui.context.readOnly = locked;
+  ui.context.placeholder = locked ? "" : CONTEXT_PLACEHOLDER; // an example is not the context in use
+  if (!locked) ui.contextNote.textContent = CONTEXT_NOTE;
+  else if (context) ui.contextNote.textContent = "In use while captioning; edit it after you stop.";
+  else ui.contextNote.textContent = "None for this run; add some after you stop.";
 }
 
 function setButton(on) {
@@ -349,4 +378,5 @@ window.captionsDebug = {
   get rate() { return rate; },
   get captured() { return captured; },
   get sessionBase() { return sessionBase; },
+  get context() { return context; },
 };
