@@ -93,13 +93,12 @@ class WhisperBackend:
 
         options = options or WhisperOptions()
         self.options = options
-        where = model or str(bundled_model_dir())
-        self.model = model or f"tiny.en (bundled, {where})"
+        self.model = model or str(bundled_model_dir())  # what was loaded, and what loads it again
         compute = options.compute_type if options.compute_type != "auto" else (
             "float16" if device == "cuda" else "int8")
         # A name that is not a directory is downloaded by faster-whisper from the hub on first use (not possible on
         # machines without network access; tests use the bundled model).
-        self._whisper = WhisperModel(where, device=device, compute_type=compute,
+        self._whisper = WhisperModel(self.model, device=device, compute_type=compute,
                                      cpu_threads=options.threads or os.cpu_count() or 1, num_workers=1)
         self.compute_type = compute
         self._tokenizer = Tokenizer(self._whisper.hf_tokenizer, self._whisper.model.is_multilingual,
