@@ -117,6 +117,19 @@ class Config:
             raise ValueError("segmenter.cut_search_s must be > 0 and < max_window_s")
         if self.engine.max_batch < 1:
             raise ValueError("engine.max_batch must be >= 1")
+        # Values that would misbehave rather than fail: a partial every frame, a division by zero, no wait at all.
+        positive = {f"{section}.{key}": getattr(getattr(self, section), key) for section, keys in (
+            ("segmenter", ("partial_interval_s", "max_window_s")),
+            ("limits", ("max_audio_rate", "audio_burst_s", "max_frames_per_s", "idle_timeout_s", "send_timeout_s",
+                        "shutdown_deadline_s", "max_session_s", "handshake_timeout_s")),
+            ("engine", ("batch_timeout_s",))) for key in keys}
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, not {value!r}")
+        if min(self.engine.max_wait_ms, s.hangover_ms, s.pre_roll_ms, s.min_speech_ms) < 0:
+            raise ValueError("engine.max_wait_ms and the segmenter's *_ms settings must be >= 0")
+        if self.backend.max_tokens_per_second < 0 or self.backend.min_new_tokens_cap < 1:
+            raise ValueError("backend.max_tokens_per_second must be >= 0 and backend.min_new_tokens_cap >= 1")
         if bool(self.server.certfile) != bool(self.server.keyfile):
             raise ValueError("TLS needs both server.certfile and server.keyfile")
         for name in ("speaker_tokens", "viewer_tokens", "origins"):

@@ -55,6 +55,10 @@ def test_set_wins_over_every_flag_the_user_did_not_give():
     ("backend:\n  static_cache_len: 3\n", "static_cache_len"),  # a SALM option lives in backend.salm
     ("segmenter:\n  frame_ms: 25\n", "frame_ms"),
     ("backend:\n  salm:\n    cuda_graphs: maybe\n", "cuda_graphs: 'maybe' is not a boolean"),
+    ("segmenter:\n  partial_interval_s: 0\n", "partial_interval_s must be > 0"),
+    ("limits:\n  max_audio_rate: 0\n", "max_audio_rate must be > 0"),
+    ("limits:\n  shutdown_deadline_s: -1\n", "shutdown_deadline_s must be > 0"),
+    ("engine:\n  max_wait_ms: -5\n", "max_wait_ms"),
     ("backend:\n  whisper:\n    modle: x\n", "backend.whisper: modle"),
 ])
 def test_bad_config_is_refused_with_a_clear_message(tmp_path, yaml_text, message):

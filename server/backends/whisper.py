@@ -8,8 +8,9 @@ not used: it takes one clip at a time.
 Hallucination guards, as faster-whisper's own defaults: a window whose no-speech probability is above
 `no_speech_threshold` while its average log-probability is below `log_prob_threshold` gives no text; nothing is
 conditioned on previous text (a stream's context is the only prompt); each window's output is cut at
-max_tokens_per_second of its audio; a window whose context made it loop is decoded again without it. A window's text does not depend on its batch-mates: the decode length limit is
-the same for every call, and each row is cut at its own cap afterwards.
+max_tokens_per_second of its audio; a window whose context made it loop is decoded again without it. A window's
+text does not depend on its batch-mates: the decode length limit is the same for every call, and each row is cut
+at its own cap afterwards.
 
 The encoder always sees 30 s (3000 frames): on a CPU a 1 s window costs as much to encode as a 10 s one.
 """
