@@ -189,9 +189,10 @@ def peer_process(cmd: list[str], port: int, log_path: Path, timeout: float, heal
 
 
 @contextmanager
-def start_ours(backend: str, log_path: Path):
-    with server_process("--backend", backend, "--device", "cpu", log_path=log_path) as (url, proc):
-        running = Running(url, proc.pid, log_path, {"backend": backend})
+def start_ours(backend: str, log_path: Path, sets: list[str] = ()):
+    overrides = [arg for item in sets for arg in ("--set", item)]
+    with server_process("--backend", backend, "--device", "cpu", *overrides, log_path=log_path) as (url, proc):
+        running = Running(url, proc.pid, log_path, {"backend": backend, **({"set": list(sets)} if sets else {})})
         found = re.findall(r"server\.backends\.\w+: .*: (\S+) on (cpu|cuda)", running.log_text())
         if found:
             running.settings.update(compute_type=found[-1][0], device=found[-1][1])

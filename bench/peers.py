@@ -141,7 +141,7 @@ def summarize(server: str, streams: int, runs: list[StreamRun], reference: str, 
 
 def start_server(server: str, args: argparse.Namespace, log_path: Path, warmup_file: str):
     if server == "ours":
-        return start_ours(args.our_backend, log_path)
+        return start_ours(args.our_backend, log_path, args.our_set)
     if server in ("whisperlive-batch", "whisperlive"):
         return start_whisperlive(args.model_dir, server == "whisperlive-batch", log_path)
     if server == "whisperlivekit":
@@ -245,6 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--streams", help="comma-separated stream counts (default: 1,2,4,8,16)")
     p.add_argument("--seconds", type=float, help="at least this much audio per stream (default 60)")
     p.add_argument("--our-backend", default="whisper", help="backend of our server (default whisper)")
+    p.add_argument("--our-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for our server, e.g. --our-set engine.max_batch=4 (repeatable)")
     p.add_argument("--drain", type=float, default=60.0,
                    help="seconds a stream may wait for its last captions after its audio (default 60)")
     p.add_argument("--manifest", type=Path, default=MANIFEST)
