@@ -112,7 +112,7 @@ class Shared:
 
     def __init__(self, backend):
         self.backend, self.name, self.model, self.reason = backend, backend.name, backend.model, backend.reason
-        self.uses_drafts = backend.uses_drafts
+        self.uses_drafts, self.costly_batches = backend.uses_drafts, backend.costly_batches
 
     def transcribe(self, audios, drafts=None, contexts=None):
         return self.backend.transcribe(audios, drafts, contexts)

@@ -15,11 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def server_process(*args: str, log_path: Path, timeout: float = 180.0):
-    """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after."""
+def server_process(*args: str, log_path: Path, timeout: float = 180.0, module: str = "server"):
+    """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after.
+    `module`: another entry point that ends in the server's main (tests.stuck_server)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", *args],
+        proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         try:
             deadline = time.monotonic() + timeout

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import threading
 
 from .backends import BACKENDS, create_backend
 from .config import load_config
 from .engine import Engine
-from .transport import CaptionServer
+from .app import CaptionServer
 
 log = logging.getLogger("server")
 
@@ -68,16 +70,43 @@ async def serve(args: argparse.Namespace) -> None:
 
     def on_signal() -> None:
         if stop.is_set():
-            log.warning("second signal: exiting now")
-            os._exit(1)
+            log.warning("second signal: exiting now, while %s", server.phase)
+            _exit(1)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    log.info("shutting down: flushing open streams (a second signal exits at once)")
-    await server.shutdown()
-    log.info("stopped")
+    deadline = cfg.limits.shutdown_deadline_s
+    log.info("shutting down: flushing open streams within %.0f s (a second signal exits at once)", deadline)
+
+    def past_deadline() -> None:
+        log.error("shutdown passed its deadline of %.0f s while %s: exiting with status 3", deadline, server.phase)
+        _exit(3)
+
+    # Nothing should block the event loop; if something did, this thread still ends the process on time.
+    watchdog = threading.Timer(deadline + 1.0, past_deadline)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        await asyncio.wait_for(server.shutdown(), deadline)
+    except asyncio.TimeoutError:
+        past_deadline()
+    watchdog.cancel()
+    # A backend call stuck in its thread would keep the interpreter from exiting (it joins its threads): say so,
+    # and go anyway, since every final is out.
+    stuck = [t.name for t in threading.enumerate()
+             if t.is_alive() and not t.daemon and t is not threading.current_thread()]
+    log.info("stopped%s", f" (leaving stuck threads behind: {', '.join(stuck)})" if stuck else "")
+    if stuck:
+        _exit(0)
+
+
+def _exit(status: int) -> None:
+    """Exits now, without waiting for threads, once the log and stdout are out."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def main(argv=None) -> None:

@@ -81,7 +81,8 @@ class LimitsConfig:
     max_queued_finals: int = 500  # past this many finals waiting for the engine, new streams get 1013
     send_timeout_s: float = 30.0  # a client that does not read for this long is disconnected
     handshake_timeout_s: float = 10.0  # a connection that has not completed its handshake by then is closed
-    shutdown_deadline_s: float = 15.0  # on SIGTERM, open windows are flushed as finals within this
+    shutdown_deadline_s: float = 15.0  # SIGTERM: flush every stream and stop within this, or exit non-zero
+    resume_s: float = 300.0  # a dropped session can be resumed for this long (its open window is flushed at once)
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Config:
         positive = {f"{section}.{key}": getattr(getattr(self, section), key) for section, keys in (
             ("segmenter", ("partial_interval_s", "max_window_s")),
             ("limits", ("max_audio_rate", "audio_burst_s", "max_frames_per_s", "idle_timeout_s", "send_timeout_s",
-                        "shutdown_deadline_s", "max_session_s", "handshake_timeout_s")),
+                        "shutdown_deadline_s", "max_session_s", "handshake_timeout_s", "resume_s")),
             ("engine", ("batch_timeout_s",))) for key in keys}
         for key, value in positive.items():
             if not value > 0:

@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .health import health
+
 if TYPE_CHECKING:
-    from .transport import CaptionServer
+    from .app import CaptionServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a window's submission to its text: captions are judged at 0.5 s (partials) and 1 s (finals).
@@ -26,14 +28,16 @@ class _ServerState(Collector):
         self.server = server
 
     def collect(self):
-        h = self.server.health()
+        h, _ = health(self.server)
         for name, doc, value in [
             ("sessions", "live streams", h["sessions"]),
             ("viewers", "connected room viewers", h["viewers"]),
             ("rooms", "rooms in use", h["rooms"]),
             ("queue_depth", "windows waiting for the model", h["queue_depth"]),
             ("queued_finals", "finals waiting for the model", h["queued_finals"]),
-            ("up", "1 while serving, 0 while shutting down", int(h["status"] == "ok")),
+            ("resumable", "dropped sessions that can still be resumed", h["resumable"]),
+            ("up", "1 while serving, 0 while shutting down or stalled", int(h["status"] == "ok")),
+            ("stalled", "1 while the backend is stuck in a batch", int(h["status"] == "stalled")),
         ]:
             yield GaugeMetricFamily(f"captions_{name}", doc, value=value)
         if h["rss_mb"] is not None:

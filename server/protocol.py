@@ -28,6 +28,9 @@ UNSUPPORTED_CHANNELS = "unsupported_channels"
 BAD_ROOM = "bad_room"
 BAD_AUDIO = "bad_audio"
 BACKEND_ERROR = "backend_error"
+RESUME_UNKNOWN = "resume_unknown"
+RESUME_REFUSED = "resume_refused"
+BACKEND_STALLED = "backend_stalled"
 
 
 class ProtocolError(Exception):
@@ -45,6 +48,9 @@ class Start:
     room: str | None = None  # publish this stream's captions to a room's viewers
     speaker: str | None = None  # the label viewers of the room see on these captions
     context: str | None = None  # names and terms likely to be said: a prompt for the model
+    resume: str | None = None  # the id of a dropped session to go on with
+    resume_token: str | None = None  # the secret its `ready` carried
+    offset: int | None = None  # stream position (16 kHz samples) at which the audio resent now begins
 
     @property
     def bytes_per_sample(self) -> int:
@@ -116,11 +122,22 @@ def _parse_start(msg: dict) -> Start:
     context = msg.get("context")
     if context is not None and (not isinstance(context, str) or len(context) > MAX_CONTEXT):
         raise ProtocolError(BAD_MESSAGE, f"context must be a string of at most {MAX_CONTEXT} characters")
+    resume, token, offset = msg.get("resume"), msg.get("resume_token"), msg.get("offset")
+    if resume is not None:
+        if not isinstance(resume, str) or not SESSION_ID.fullmatch(resume):
+            raise ProtocolError(BAD_MESSAGE, "resume must be the session id from `ready`")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(RESUME_REFUSED, "resuming a session needs its resume_token (sent in `ready`)")
+        if type(offset) is not int or offset < 0:
+            raise ProtocolError(BAD_MESSAGE, "offset must be the stream position (an integer count of 16 kHz "
+                                             "samples, >= 0) at which the resent audio begins")
     return Start(sample_rate=int(rate), encoding=encoding, channels=1, room=room, speaker=speaker,
-                 context=(context.strip() or None) if context else None)
+                 context=(context.strip() or None) if context else None, resume=resume,
+                 resume_token=token if resume else None, offset=offset if resume else None)
 
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SESSION_ID = re.compile(r"[0-9a-f]{12}")
 
 
 def check_room(room) -> str:

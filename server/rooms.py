@@ -44,6 +44,13 @@ class Room:
         self.viewers: set[Viewer] = set()
         self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
 
+    def join(self, viewer: Viewer) -> None:
+        """The backlog first, then every caption published after: in one step (no await), so a caption published
+        while a viewer joins is in exactly one of the two."""
+        for msg in self.backlog:
+            viewer.offer({**msg, "backlog": True})
+        self.viewers.add(viewer)
+
     def publish(self, msg: dict) -> None:
         if msg["type"] == "final":
             self.backlog.append(msg)

@@ -34,7 +34,8 @@ class Window:
 
 
 class Segmenter:
-    def __init__(self, cfg: SegmenterConfig, vad):
+    def __init__(self, cfg: SegmenterConfig, vad, position: int = 0, segment: int = 0):
+        """`position`, `segment`: where the stream's clock and numbering begin (a resumed stream goes on)."""
         ms = SAMPLE_RATE // 1000
         self._vad = vad
         self._frame = vad.frame_samples
@@ -46,19 +47,24 @@ class Segmenter:
         self._partial_every = int(cfg.partial_interval_s * SAMPLE_RATE)
 
         self._pending = np.zeros(0, np.float32)  # samples that do not yet fill a VAD frame
-        self._pos = 0  # stream index of the first pending sample
-        self._floor = 0  # no window may start before this (the end of the previous one)
+        self._pos = position  # stream index of the first pending sample
+        self._floor = position  # no window may start before this (the end of the previous one)
         # Recent audio: while idle the last pre-roll + onset, while a window is open that window's audio.
         self._chunks: list[np.ndarray] = []
-        self._buf_start = 0
+        self._buf_start = position
         self._buf_len = 0
         self._open = False
         self._voiced_run = 0
         self._silence_run = 0
         self._since_partial = 0
-        self._segment = 0
+        self._segment = segment
 
     # -- public ------------------------------------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """Stream index just past the last sample pushed."""
+        return self._pos + len(self._pending)
 
     def push(self, samples: np.ndarray) -> list[Window]:
         """Feeds audio; returns the windows (partials and finals, in order) that it produced."""

@@ -1,27 +1,33 @@
-"""One live stream: the small async processor behind one `/v1/listen` connection.
+"""One live stream, whatever protocol carries it: audio -> segmenter -> engine -> output sink.
 
-It decodes and resamples audio, feeds the segmenter, submits windows to the shared engine and sends captions
-back in protocol order: finals strictly by segment number, a partial only while its segment is still open and
-only if it is newer than the last one sent.
+It decodes and resamples audio, feeds the segmenter, submits windows to the shared engine and hands captions to
+its sink in protocol order: finals strictly by segment number, a partial only while its segment is still open and
+only if it is newer than the last one sent. The protocol adapters (listen.py for our v1) parse messages and call
+start / audio / finalize / stop / detach; nothing here knows about sockets.
+
+When the client goes away without `stop`, `detach` still turns every open window into a final, which reaches the
+transcript and the room (the sink keeps those without the socket). The session's `state()` is then what a
+reconnecting client needs to resume it (resume.py).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+import secrets
+from collections import deque
+from dataclasses import asdict, dataclass, field
 
 from . import protocol as P
 from .audio import AudioDecoder
 from .config import SegmenterConfig
 from .engine import BackendError, Engine
-from .rooms import Room, Rooms
-from .storage import TranscriptStore
+from .rooms import Rooms
 from .segmenter import Segmenter, Window
-from .vad import make_vad
+from .sink import OutputSink
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str], Awaitable[None]]
+RECENT_FINALS = 100  # finals a resumed client can be sent again (it resends at most its last 30 s of audio)
 
 
 def seconds(sample: int) -> float:
@@ -39,25 +45,50 @@ def stable_prefix(previous: list[str], current: list[str]) -> int:
     return n
 
 
+@dataclass
+class ResumeState:
+    """What a dropped session needs to go on: plain data, small and serialisable (to_dict), so that it could as
+    well live in a shared store."""
+
+    session: str
+    token: str
+    room: str | None = None
+    speaker: str | None = None
+    context: str | None = None
+    next_segment: int = 0
+    covered: int = 0  # stream sample (16 kHz) up to which finals cover the audio
+    finals: list[dict] = field(default_factory=list)  # the most recent finals sent, oldest first
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ResumeState":
+        return cls(**data)
+
+
 class Session:
-    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, send: Send,
-                 rooms: Rooms | None = None, url_room: str | None = None, store: TranscriptStore | None = None):
+    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, vad_factory, sink: OutputSink,
+                 rooms: Rooms | None = None, resumed: ResumeState | None = None):
         self.id = session_id
+        self.token = resumed.token if resumed else secrets.token_urlsafe(24)
         self._engine = engine
         self._seg_cfg = seg_cfg
-        self._send = send
+        self._vad_factory = vad_factory
+        self.sink = sink
         self._rooms = rooms
-        self._url_room = url_room  # `?room=` on the URL; a `room` in `start` wins
-        self._room: Room | None = None
-        self._store = store
-        self._speaker = session_id
+        self._resumed = resumed
+        self._context: str | None = None
         self._decoder: AudioDecoder | None = None
         self._segmenter: Segmenter | None = None
+        self._skip = 0  # resent samples that finals already cover, still to drop
         self._finals: asyncio.Queue = asyncio.Queue()  # (window, future) in segment order, None = no more
         self._final_sender: asyncio.Task | None = None
         self._partial_tasks: set[asyncio.Task] = set()
-        self._open_segment = 0  # segments below this have had their final submitted
+        self._open_segment = resumed.next_segment if resumed else 0  # below this: final submitted
         self._last_partial: dict[int, tuple[int, str]] = {}  # segment -> (end sample, text) last sent
+        self._recent: deque[dict] = deque(resumed.finals if resumed else (), maxlen=RECENT_FINALS)
+        self._covered = resumed.covered if resumed else 0
         self.ended = False
 
     @property
@@ -69,91 +100,94 @@ class Session:
         """Of the client's audio, once started: what rate limits are measured in."""
         return self._decoder.start.sample_rate * self._decoder.start.bytes_per_sample if self._decoder else None
 
-    async def on_text(self, text: str) -> None:
-        """Handles one text frame. Protocol errors are reported to the client and the session goes on."""
-        if self.ended:
-            return
-        try:
-            msg = P.parse_client_text(text)
-            if isinstance(msg, P.Ping):
-                await self._send(P.pong())
-            elif isinstance(msg, P.Start):
-                await self._start(msg)
-            elif not self.started:
-                raise P.ProtocolError(P.NOT_STARTED, 'send {"type":"start",...} first')
-            elif isinstance(msg, P.Finalize):
-                self._dispatch(self._segmenter.finalize())
-            elif isinstance(msg, P.Stop):
-                await self.stop()
-        except P.ProtocolError as exc:
-            await self._send(P.error(exc.code, exc.message))
-
-    async def on_audio(self, data: bytes) -> None:
-        if self.ended:
-            return
-        if not self.started:
-            await self._send(P.error(P.NOT_STARTED, 'audio before {"type":"start",...}; frame ignored'))
-            return
-        try:
-            samples = self._decoder.decode(data)
-        except P.ProtocolError as exc:
-            await self._send(P.error(exc.code, exc.message))
-            return
-        self._dispatch(self._segmenter.push(samples))
-
-    async def _start(self, start: P.Start) -> None:
+    async def start(self, start: P.Start, url_room: str | None = None) -> None:
+        """Begins (or resumes) the stream and answers `ready`; a resumed one then gets the finals it missed."""
         if self.started:
             raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
                                                      "for a new stream")
-        room = start.room or (P.check_room(self._url_room) if self._url_room is not None else None)
+        r = self._resumed
+        room = start.room or (P.check_room(url_room) if url_room is not None else None) or (r and r.room)
+        self._context = start.context or (r.context if r else None)
         self._decoder = AudioDecoder(start)
-        self._segmenter = Segmenter(self._seg_cfg, make_vad(self._seg_cfg))
+        position, segment = 0, 0
+        if r is not None:
+            offset = start.offset or 0
+            # Resent audio that finals already cover is dropped; a gap (audio the client no longer had) is skipped.
+            self._skip = max(0, r.covered - offset)
+            position, segment = max(r.covered, offset), r.next_segment
+        self._segmenter = Segmenter(self._seg_cfg, self._vad_factory(), position, segment)
         self._final_sender = asyncio.create_task(self._send_finals(), name=f"finals-{self.id}")
-        extra = {}
+        extra = {"resume_token": self.token}
         if room is not None and self._rooms is not None:
-            self._room = self._rooms.get(room)
-            self._speaker = start.speaker or self.id
-            self._room.speakers[self.id] = self._speaker
-            extra = {"room": room, "speaker": self._speaker}
+            self.sink.join(self._rooms.get(room), start.speaker or (r and r.speaker) or self.id)
+            extra.update(room=room, speaker=self.sink.speaker)
+        if r is not None:
+            extra.update(resumed=True, position=seconds(position))
         backend = self._engine.backend
-        await self._send(P.ready(self.id, backend.name, backend.model, backend.reason, **extra))
+        await self.sink.to_client(P.ready(self.id, backend.name, backend.model, backend.reason, **extra))
+        if r is not None:
+            for final in self._recent:
+                if final["end"] > seconds(start.offset or 0):
+                    await self.sink.to_client(P.dump({**final, "resent": True}))
+
+    def audio(self, data: bytes) -> None:
+        """One binary frame (raises ProtocolError for a bad one)."""
+        if not self.started:
+            raise P.ProtocolError(P.NOT_STARTED, 'audio before {"type":"start",...}; frame ignored')
+        samples = self._decoder.decode(data)
+        if self._skip:
+            dropped = min(self._skip, len(samples))
+            samples, self._skip = samples[dropped:], self._skip - dropped
+        self._dispatch(self._segmenter.push(samples))
+
+    def finalize(self) -> None:
+        if not self.started:
+            raise P.ProtocolError(P.NOT_STARTED, 'send {"type":"start",...} first')
+        self._dispatch(self._segmenter.finalize())
 
     async def stop(self, reason: str | None = None) -> None:
-        """Flushes: every open window becomes a final, all finals are sent, then `end` (with the reason when the
-        server, not the client, ended the stream)."""
+        """Flushes: every open window becomes a final, all finals are delivered, then `end` (with the reason when
+        the server, not the client, ended the stream)."""
         if self.ended:
             return
+        await self._flush()
+        await self.sink.to_client(P.end(**({"reason": reason} if reason else {})))
+
+    async def detach(self) -> None:
+        """The client is gone without `stop`: its open window still becomes a final, persisted and published;
+        nothing more is sent to it. Returns once every final is through; `state()` then resumes it."""
+        self.sink.detach()
+        for task in self._partial_tasks:
+            task.cancel()
+        await self._flush()
+
+    def close(self) -> None:
+        """The session is over for good: it leaves its room."""
+        self.sink.leave()
+
+    def state(self) -> ResumeState:
+        room = self.sink.room
+        return ResumeState(self.id, self.token, room and room.name, self.sink.speaker if room else None,
+                           self._context, self._open_segment, self._covered, list(self._recent))
+
+    async def _flush(self) -> None:
         self.ended = True
         if self.started:
-            self._dispatch(self._segmenter.push(self._decoder.flush()) + self._segmenter.finalize())
+            tail = self._decoder.flush()
+            self._dispatch(self._segmenter.push(tail[min(self._skip, len(tail)):]) + self._segmenter.finalize())
             self._finals.put_nowait(None)
             await self._final_sender
-        await self._send(P.end(**({"reason": reason} if reason else {})))
-
-    async def close(self) -> None:
-        """The connection is gone: drop queued work, keep nothing running."""
-        self.ended = True
-        if self._room is not None:
-            self._room.speakers.pop(self.id, None)
-        tasks = [*self._partial_tasks, *([self._final_sender] if self._final_sender else [])]
-        for task in tasks:
-            task.cancel()
-        while not self._finals.empty():
-            item = self._finals.get_nowait()
-            if item:
-                item[1].cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._partial_tasks, return_exceptions=True)
 
     # -- windows -> engine -> captions ---------------------------------------------------------------------------
 
     def _dispatch(self, windows: list[Window]) -> None:
         for w in windows:
-            if not w.final and self._engine.busy:
+            if not w.final and (self._engine.busy or not self.sink.attached):
                 continue  # partials are thinned first when the engine falls behind; finals never are
             # The window's last partial is a draft of its next transcript (the SALM backend checks it in one pass).
             draft = self._last_partial.get(w.segment, (0, None))[1]
-            future = self._engine.submit(self.id, w.audio, w.final, draft=draft,
-                                         context=self._decoder.start.context)
+            future = self._engine.submit(self.id, w.audio, w.final, draft=draft, context=self._context)
             if w.final:
                 self._open_segment = w.segment + 1
                 self._finals.put_nowait((w, future))
@@ -171,8 +205,8 @@ class Session:
         if text is None or w.segment < self._open_segment or last_end >= w.end:
             return  # superseded, or its final is already on its way
         self._last_partial[w.segment] = (w.end, text)
-        await self._emit(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
-                                   stable=stable_prefix(last_text.split(), text.split())))
+        await self.sink.partial(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
+                                          stable=stable_prefix(last_text.split(), text.split())))
 
     async def _send_finals(self) -> None:
         while (item := await self._finals.get()) is not None:
@@ -181,17 +215,10 @@ class Session:
             try:
                 text = await future
             except BackendError as exc:
-                await self._send(P.error(P.BACKEND_ERROR, f"segment {w.segment} could not be transcribed: {exc}",
-                                         segment=w.segment))
+                await self.sink.to_client(P.error(P.BACKEND_ERROR, f"segment {w.segment} could not be "
+                                                                   f"transcribed: {exc}", segment=w.segment))
                 text = ""
             final = P.caption("final", w.segment, seconds(w.start), seconds(w.end), text)
-            if self._store is not None:
-                self._store.append(self.id, self._room and self._room.name,
-                                   {**final, "speaker": self._speaker} if self._room else final)
-            await self._emit(final)
-
-    async def _emit(self, msg: dict) -> None:
-        """A caption to this client, and to the room's viewers (labelled with the speaker) if it joined one."""
-        await self._send(P.dump(msg))
-        if self._room is not None:
-            self._room.publish({**msg, "speaker": self._speaker, "session": self.id})
+            await self.sink.final(final)
+            self._recent.append(final)
+            self._covered = w.end

@@ -1,15 +1,20 @@
-"""Transcripts on disk: every final is appended to a JSONL file per session (and per room) as it is sent, so
-that what was said survives a disconnect, a crash or a restart. Served at /v1/transcripts/."""
+"""Transcripts on disk: every final is appended to a JSONL file per session (and per room) before it is sent, so
+that what was said survives a disconnect, a crash or a restart. Served at /v1/transcripts/.
+
+Each append is fsynced before the final goes out, so a final a client saw survives a power cut too. The writes
+run in one thread of their own, in order, never on the event loop; so does reading a transcript for rendering.
+"""
 from __future__ import annotations
 
+import asyncio
 import json
-import re
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from client.captions import WRITERS
 
-SESSION_ID = re.compile(r"[0-9a-f]{12}")
 FORMATS = ("json", "txt", "srt", "vtt")
 
 
@@ -18,9 +23,23 @@ class TranscriptStore:
         self.root = Path(data_dir)
         (self.root / "sessions").mkdir(parents=True, exist_ok=True)
         (self.root / "rooms").mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transcripts")  # one: appends in order
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transcript-render")
+
+    async def save(self, session_id: str, room: str | None, final: dict) -> None:
+        """Appends one final (durably) off the event loop; returns once it is on disk."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.append, session_id, room, final)
+
+    async def render_async(self, kind: str, name: str, fmt: str) -> tuple[str, str] | None:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.render, kind, name, fmt)
+
+    def close(self) -> None:
+        """Waits for the appends already handed over (they are short), then lets the threads go."""
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     def append(self, session_id: str, room: str | None, final: dict) -> None:
-        """One final, flushed before the client sees it. Small appends: cheap enough for the event loop."""
+        """One final, written and fsynced (blocking: called through save())."""
         line = json.dumps({**final, "session": session_id, "time": time.time()}, ensure_ascii=False) + "\n"
         paths = [self.root / "sessions" / f"{session_id}.jsonl"]
         if room is not None:
@@ -28,6 +47,8 @@ class TranscriptStore:
         for path in paths:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
 
     def finals(self, kind: str, name: str) -> list[dict] | None:
         """The stored finals of a session or room, or None if there is none."""

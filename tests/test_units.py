@@ -100,7 +100,7 @@ class RecordingBackend:
     """A scheduling probe, not a model: it records the batches it is given and echoes each window's length."""
 
     name, model, reason = "probe", "probe", "test"
-    uses_drafts = False
+    uses_drafts = costly_batches = False
 
     def __init__(self, fail_on: int | None = None):
         self.batches: list[list[int]] = []

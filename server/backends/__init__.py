@@ -26,6 +26,7 @@ class Backend(Protocol):
     model: str  # what was loaded (a hub id, a directory), for `ready` and /healthz
     reason: str  # why this backend runs (set by create_backend), for `ready` and the log
     uses_drafts: bool  # transcribe() makes use of `drafts`; engines skip computing them otherwise
+    costly_batches: bool  # a batch costs about what its windows cost one by one (no parallel hardware to fill)
 
     def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
                    contexts: Sequence[str | None] | None = None) -> list[str]:

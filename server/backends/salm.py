@@ -43,6 +43,7 @@ def load(options: SalmOptions, model: str, device: str, max_tokens_per_second: f
 class SalmBackend:
     name = "salm"
     uses_drafts = True  # transcribe() takes the previous partial of each window as a draft
+    costly_batches = False  # on a GPU a batch of 16 costs little more than one window; on a CPU it is tests only
     reason = ""
 
     def __init__(self, model: str, device: str = "cuda", **options):

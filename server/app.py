@@ -1,0 +1,131 @@
+"""The caption server's lifecycle: what it owns (engine, rooms, transcripts, live and resumable sessions), starting
+to serve, and shutting down within a deadline. Each connection goes to its handler: listen.py (`/v1/listen`),
+watch.py (`/v1/watch`); plain HTTP to routes.py; who may connect is admission.py's call.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from . import auth, http
+from . import protocol as P
+from .admission import admit
+from .config import ROOT, Config
+from .engine import Engine
+from .listen import Listener
+from .looplag import LoopLag
+from .metrics import Metrics
+from .resume import Resumable
+from .rooms import Rooms
+from .routes import WATCH_PATH, params, route
+from .storage import TranscriptStore
+from .vad import VadFactory
+from .watch import watch
+
+log = logging.getLogger(__name__)
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+class CaptionServer:
+    def __init__(self, cfg: Config, engine: Engine):
+        self.cfg = cfg
+        self.engine = engine
+        self.sessions: dict[str, Listener] = {}  # live streams by session id
+        self.resumable = Resumable(cfg.limits.resume_s)
+        self.viewers: set[ServerConnection] = set()
+        self.rooms = Rooms(cfg.rooms.backlog, cfg.rooms.max_rooms)
+        self.store = TranscriptStore(_resolve(cfg.server.data_dir))
+        self.web_root = _resolve(cfg.server.web_root)
+        self.vad_factory = VadFactory(cfg.segmenter)
+        self.closing = False
+        self.phase = "serving"  # what shutdown is doing now: said if it passes its deadline
+        self._per_ip: Counter[str] = Counter()
+        self._server = None
+        self.loop_lag = LoopLag()
+        self.metrics = Metrics(self)
+        engine.on_batch = self.metrics.on_batch
+
+    async def start(self) -> None:
+        s, a = self.cfg.server, self.cfg.auth
+        tls = None
+        if s.certfile:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(_resolve(s.certfile), _resolve(s.keyfile))
+        self.engine.start()
+        self.loop_lag.start()
+        self._server = await serve(
+            self._handle, s.host, s.port, ssl=tls, process_request=partial(route, self),
+            max_size=self.cfg.limits.max_message_bytes, select_subprotocol=auth.select_subprotocol,
+            open_timeout=self.cfg.limits.handshake_timeout_s,
+            # Non-browser clients send no Origin: an allow-list only constrains browsers.
+            origins=[*a.origins, None] if a.origins else None)
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.cfg.server.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'https' if self.cfg.server.certfile else 'http'}://{host}:{self.port}/"
+
+    async def shutdown(self) -> None:
+        """Stop accepting; flush every open stream into finals (persisted and sent); close streams and viewers
+        with 1001; stop the engine and the backend. The caller bounds it all with limits.shutdown_deadline_s."""
+        self.closing = True
+        self._server.close(close_connections=False)
+
+        async def flush(listener: Listener) -> None:
+            try:
+                await listener.session.stop(reason="shutdown")
+            except ConnectionClosed:
+                pass  # dropped meanwhile: its handler flushes it into the transcript and the room
+            await listener.ws.close(1001, "server shutting down")
+
+        self.phase = f"flushing {len(self.sessions)} stream(s)"
+        streams = [flush(li) for li in list(self.sessions.values()) if li.session is not None]
+        viewers = [ws.close(1001, "server shutting down") for ws in list(self.viewers)]
+        await asyncio.gather(*streams, *viewers, return_exceptions=True)
+        self.phase = "waiting for connections to close"
+        await self._server.wait_closed()
+        self.loop_lag.stop()
+        self.phase = "closing the engine and the backend"
+        await self.engine.close()
+        self.phase = "writing the last transcript lines"
+        await asyncio.to_thread(self.store.close)
+        self.phase = "stopped"
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        path, query = http.split_path(ws.request)
+        query = params(query)
+        action = auth.WATCH if path == WATCH_PATH else auth.SPEAK
+        ip = ws.remote_address[0] if ws.remote_address else "?"
+        refusal = admit(self.cfg, self.engine, self._per_ip, self.closing, ip, action,
+                        auth.token_from(ws.request.headers, query))
+        if refusal:
+            close_code, code, message = refusal
+            await ws.send(P.error(code, message))
+            await ws.close(close_code, code)
+            return
+        self._per_ip[ip] += 1
+        try:
+            if action == auth.WATCH:
+                await watch(self, ws, query.get("room"))
+            else:
+                await Listener(self, ws, query.get("room")).run()
+        finally:
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]

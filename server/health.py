@@ -1,0 +1,35 @@
+"""GET /healthz: what an operator or a load balancer needs to know about this server, as one JSON object.
+
+`status` is "ok", "stalled" (the backend is stuck: `reason` says how long; HTTP 503) or "shutting_down" (503).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+def health(app) -> tuple[dict, int]:
+    """(the report, HTTP status) for a CaptionServer."""
+    engine, backend = app.engine, app.engine.backend
+    status, reason = "ok", ""
+    if app.closing:
+        status, reason = "shutting_down", "the server is shutting down"
+    elif engine.stalled:
+        status, reason = "stalled", engine.stalled
+    report = {"status": status, **({"reason": reason} if reason else {}), "backend": backend.name,
+              "model": backend.model, "sessions": len(app.sessions), "resumable": len(app.resumable),
+              "viewers": len(app.viewers), "rooms": len(app.rooms), "queue_depth": engine.queue_depth,
+              "queued_finals": engine.queued_finals, "rss_mb": rss_mb(), "loop_lag": app.loop_lag.snapshot(),
+              "engine": dataclasses.asdict(engine.stats)}
+    if (stats := backend.decode_stats()) is not None:
+        report["decode"] = stats
+    return report, 200 if status == "ok" else 503
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process (Linux), for watching growth over long runs."""
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return round(kb / 1024, 1)
+    except (OSError, StopIteration, ValueError):
+        return None

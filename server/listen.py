@@ -1,0 +1,159 @@
+"""`/v1/listen`: our own protocol (v1, docs/protocol.md) over one websocket, adapted onto a Session.
+
+Connection-level policy lives here: the audio-rate and frame-rate throttles, the idle and length limits, the send
+timeout, and what a dropped connection means (the session is flushed, then held for resuming). What a stream's
+messages mean is the session's business (session.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol as P
+from .limits import TokenBucket
+from .resume import tokens_match
+from .session import ResumeState, Session
+from .sink import OutputSink
+
+log = logging.getLogger(__name__)
+
+# Close codes besides the standard ones (docs/protocol.md lists them all).
+CLOSE_IDLE, CLOSE_TOO_LONG, CLOSE_RESUMED_ELSEWHERE = 4408, 4409, 4410
+
+
+class Listener:
+    """One `/v1/listen` connection. Its Session is made by the first `start` (a new one, or a resumed one)."""
+
+    def __init__(self, app, ws: ServerConnection, url_room: str | None):
+        self.app, self.ws, self.url_room = app, ws, url_room
+        self.lim = app.cfg.limits
+        self.session: Session | None = None
+        self._lock = asyncio.Lock()  # one writer at a time keeps messages in the order the session produced them
+        self.gone = asyncio.Event()  # set once a dropped session is flushed and held (a resume waits for it)
+
+    async def send(self, text: str) -> None:
+        async with self._lock:
+            try:
+                await asyncio.wait_for(self.ws.send(text), self.lim.send_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("a client stopped reading for %.0f s: dropping it", self.lim.send_timeout_s)
+                self.ws.transport.abort()  # its finals are on disk already, and it may resume
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self.lim.max_session_s
+        audio_budget = TokenBucket(self.lim.max_audio_rate, self.lim.audio_burst_s)
+        frame_budget = TokenBucket(self.lim.max_frames_per_s, self.lim.max_frames_per_s)
+        told_throttled = False
+        try:
+            while not (self.session and self.session.ended):
+                try:
+                    timeout = max(0.0, min(self.lim.idle_timeout_s, ends_at - loop.time()))
+                    message = await asyncio.wait_for(self.ws.recv(), timeout)
+                except asyncio.TimeoutError:
+                    await self._time_out(too_long=loop.time() >= ends_at)
+                    return
+                if isinstance(message, str):
+                    await self.on_text(message)
+                else:
+                    await self.on_audio(message)
+                wait = frame_budget.take(1)
+                bps = self.session.bytes_per_second if self.session else None
+                if bps and isinstance(message, bytes):
+                    wait = max(wait, audio_budget.take(len(message) / bps))
+                if wait > 0:
+                    if not told_throttled:
+                        told_throttled = True
+                        await self.send(P.error("rate_limited", f"faster than {self.lim.max_audio_rate:g}x real "
+                                                                f"time or {self.lim.max_frames_per_s:g} frames/s: "
+                                                                "reading is slowed down; nothing is dropped"))
+                    await asyncio.sleep(wait)
+            if not self.app.closing:  # on shutdown, the server closes with 1001 itself
+                await self.ws.close(1000, "stream ended")
+            await self.ws.wait_closed()
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._finish()
+
+    async def on_text(self, text: str) -> None:
+        """One text frame. Protocol errors are reported to the client and the connection goes on."""
+        try:
+            msg = P.parse_client_text(text)
+            if isinstance(msg, P.Ping):
+                await self.send(P.pong())
+            elif isinstance(msg, P.Start):
+                await self._start(msg)
+            elif self.session is None:
+                raise P.ProtocolError(P.NOT_STARTED, 'send {"type":"start",...} first')
+            elif isinstance(msg, P.Finalize):
+                self.session.finalize()
+            elif isinstance(msg, P.Stop):
+                await self.session.stop()
+        except P.ProtocolError as exc:
+            await self.send(P.error(exc.code, exc.message))
+
+    async def on_audio(self, data: bytes) -> None:
+        try:
+            if self.session is None:
+                raise P.ProtocolError(P.NOT_STARTED, 'audio before {"type":"start",...}; frame ignored')
+            self.session.audio(data)
+        except P.ProtocolError as exc:
+            await self.send(P.error(exc.code, exc.message))
+
+    async def _start(self, start: P.Start) -> None:
+        if self.session is not None:
+            raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
+                                                     "for a new stream")
+        resumed = await self._take_over(start) if start.resume else None
+        session_id = resumed.session if resumed else uuid.uuid4().hex[:12]
+        sink = OutputSink(session_id, self.app.store, self.send)
+        session = Session(session_id, self.app.engine, self.app.cfg.segmenter, self.app.vad_factory, sink,
+                          self.app.rooms, resumed)
+        self.session = session
+        self.app.sessions[session_id] = self
+        log.info("session %s %s from %s", session_id, "resumed" if resumed else "opened", self.ws.remote_address)
+        await session.start(start, self.url_room)
+
+    async def _take_over(self, start: P.Start) -> ResumeState:
+        """The state of the session to resume. If its old connection still looks alive (a half-open TCP
+        connection the server has not noticed yet), that one is closed first, once the token is checked."""
+        old = self.app.sessions.get(start.resume)
+        if old is not None and old.session is not None:
+            if not tokens_match(old.session.token, start.resume_token):
+                raise P.ProtocolError(P.RESUME_REFUSED, "wrong resume_token for this session")
+            log.info("session %s: resumed from another connection; closing the old one", start.resume)
+            old.ws.transport.abort()
+            await asyncio.wait_for(old.gone.wait(), self.lim.shutdown_deadline_s)
+        return await self.app.resumable.take(start.resume, start.resume_token)
+
+    async def _time_out(self, too_long: bool) -> None:
+        code, close_code = ("session_too_long", CLOSE_TOO_LONG) if too_long else ("idle_timeout", CLOSE_IDLE)
+        await self.send(P.error(code, f"stream ended by the server: {code.replace('_', ' ')}"))
+        if self.session is not None:
+            await self.session.stop(reason=code)
+        await self.ws.close(close_code, code)
+
+    async def _finish(self) -> None:
+        """After the connection: a session that ended is forgotten; one that was dropped is flushed, then held
+        for resuming (limits.resume_s)."""
+        session = self.session
+        if session is None:
+            return
+        try:
+            if not session.ended:
+                self.app.resumable.dropping(ResumeState(session.id, session.token))
+                await session.detach()
+                self.app.resumable.hold(session.state())
+                log.info("session %s dropped: flushed, resumable for %.0f s", session.id, self.lim.resume_s)
+            else:
+                log.info("session %s closed", session.id)
+        finally:
+            session.close()
+            if self.app.sessions.get(session.id) is self:
+                del self.app.sessions[session.id]
+            self.gone.set()

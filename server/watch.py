@@ -1,0 +1,54 @@
+"""`/v1/watch?room=NAME`: a viewer gets the room's backlog of finals, then its live partials and finals."""
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol as P
+from .rooms import Viewer
+
+
+async def watch(app, ws: ServerConnection, room_name: str | None) -> None:
+    try:
+        room = app.rooms.get(P.check_room(room_name))
+    except P.ProtocolError as exc:
+        await ws.send(P.error(exc.code, exc.message))
+        await ws.close(1008, "bad room name")
+        return
+    await ws.send(P.dump({"type": "watching", "protocol": P.PROTOCOL_VERSION, "room": room.name,
+                          "speakers": sorted(set(room.speakers.values()))}))
+    viewer = Viewer(ws.send)
+    room.join(viewer)  # the backlog and every later caption, with no await in between: none can fall in a gap
+    app.viewers.add(ws)
+    sender = asyncio.create_task(viewer.run())
+    receiver = asyncio.create_task(_viewer_input(ws))
+    too_slow = asyncio.create_task(viewer.too_slow.wait())
+    try:
+        await asyncio.wait([sender, receiver, too_slow], return_when=asyncio.FIRST_COMPLETED)
+        if too_slow.done():
+            await ws.close(1008, "viewer too slow: fell too far behind")
+    finally:
+        room.viewers.discard(viewer)
+        app.viewers.discard(ws)
+        for task in (sender, receiver, too_slow):
+            task.cancel()
+        await asyncio.gather(sender, receiver, too_slow, return_exceptions=True)
+
+
+async def _viewer_input(ws: ServerConnection) -> None:
+    """Viewers only listen; they may ping."""
+    try:
+        async for message in ws:
+            try:
+                msg = P.parse_client_text(message) if isinstance(message, str) else None
+            except P.ProtocolError as exc:
+                await ws.send(P.error(exc.code, exc.message))
+                continue
+            if isinstance(msg, P.Ping):
+                await ws.send(P.pong())
+            else:
+                await ws.send(P.error(P.BAD_MESSAGE, "viewers may only send ping"))
+    except ConnectionClosed:
+        pass

@@ -1,0 +1,296 @@
+"""Nothing said is lost: a dropped speaker's open window, resumed sessions, shutdowns that always exit, viewers that
+join while captions flow, and a stalled backend. Each against a real server on loopback with real speech."""
+import asyncio
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from client.stream import encode, stream_audio
+from server.app import CaptionServer
+from server.config import load_config
+from server.engine import Engine
+from server.health import health
+
+from .helpers import RATE, join_with_silence, load_16k, server_process, wer
+from .test_faults import FaultyBackend
+
+FRAME = RATE // 10  # 100 ms
+
+
+async def recv(ws, timeout=60) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def send_audio(ws, audio: np.ndarray, pace: float = 0.0) -> None:
+    for i in range(0, len(audio), FRAME):
+        await ws.send(encode(audio[i:i + FRAME], "pcm_s16le"))
+        if pace:
+            await asyncio.sleep(FRAME / RATE / pace)
+
+
+async def read_all_sent(ws, messages: list) -> None:
+    """Returns once the server has read everything sent so far: it answers a ping in order."""
+    await ws.send(json.dumps({"type": "ping"}))
+    await collect_until(ws, lambda m: m and m[-1]["type"] == "pong", messages)
+
+
+async def collect_until(ws, done, messages: list, timeout=60) -> None:
+    """Reads messages into `messages` until done(messages) or the timeout."""
+    async def read():
+        while not done(messages):
+            messages.append(await recv(ws, timeout))
+    await asyncio.wait_for(read(), timeout)
+
+
+def transcript_lines(data, session: str) -> list[dict]:
+    return [json.loads(line) for line in (data / "sessions" / f"{session}.jsonl").read_text().splitlines()]
+
+
+async def test_a_dropped_speaker_loses_no_words(tmp_path):
+    """jfk's first 4 s, 2 s of silence, the next 4 s into room R; then the TCP connection drops (no stop, no close
+    handshake). The viewer and the transcript get both windows, the open one flushed at the drop."""
+    data = tmp_path / "data"
+    jfk = load_16k("jfk_16k.wav")
+    # --set for a key that also has a flag (--data-dir): it must win over the flag's absence.
+    with server_process("--backend", "whisper", "--set", f"server.data_dir={data}", log_path=tmp_path / "s.log") \
+            as (url, _):
+        async with connect(url.replace("/v1/listen", "/v1/watch?room=R")) as viewer:
+            assert (await recv(viewer))["type"] == "watching"
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "start", "room": "R"}))
+                session = (await recv(ws))["session"]
+                await send_audio(ws, np.concatenate([jfk[:4 * RATE], np.zeros(2 * RATE, np.float32),
+                                                     jfk[4 * RATE:8 * RATE]]))
+                seen: list = []
+                await read_all_sent(ws, seen)
+                ws.transport.abort()
+            finals: list = []
+            await collect_until(viewer, lambda m: len([x for x in m if x["type"] == "final"]) >= 2, finals)
+    finals = [m for m in finals if m["type"] == "final"]
+    assert [f["segment"] for f in finals] == [0, 1] and finals[1]["end"] == pytest.approx(10.0)
+    # jfk[4 s:] begins inside "ask", so the first word comes out as anything
+    assert "what your country can do for you" in finals[1]["text"].lower(), finals[1]["text"]
+    stored = transcript_lines(data, session)
+    assert [(s["segment"], s["text"]) for s in stored] == [(f["segment"], f["text"]) for f in finals]
+
+
+def quiet_point(audio: np.ndarray, after_s: float) -> int:
+    """A sample in the quietest 50 ms after `after_s` (a pause between words, shorter than the VAD's hangover)."""
+    start = int(after_s * RATE)
+    frames = np.square(audio[start:start + 2 * RATE].reshape(-1, 800)).mean(axis=1)  # the next 2 s
+    return start + int(np.argmin(frames)) * 800 + 400
+
+
+async def test_a_resumed_session_equals_an_uninterrupted_one(cpu_url):
+    """20 s streamed, cut off mid-window, resumed from the last final's end: the joined finals are the
+    uninterrupted run's: same words, every segment once, no gap."""
+    audio, spans = join_with_silence(["lj001_0005.wav", "jfk_16k.wav", "ldc93s1.wav"], [1.5, 1.5, 1.0])
+    whole = await stream_audio(audio, RATE, cpu_url, speed=0)
+    cut = quiet_point(audio, spans[1][0] + 2.0)  # inside jfk: a window is open there
+    first: list = []
+    async with connect(cpu_url) as ws:
+        await ws.send(json.dumps({"type": "start"}))
+        ready = await recv(ws)
+        await send_audio(ws, audio[:cut])
+        await read_all_sent(ws, first)
+        await collect_until(ws, lambda m: any(x["type"] == "final" for x in m), first)  # the first clip's
+        ws.transport.abort()
+    got = [m for m in first if m["type"] == "final"]
+    offset = round(got[-1]["end"] * RATE)  # where the client's backlog begins: the end of its last final
+    async with connect(cpu_url) as ws:
+        await ws.send(json.dumps({"type": "start", "resume": ready["session"], "resume_token": ready["resume_token"],
+                                  "offset": offset}))
+        again = await recv(ws)
+        assert again["type"] == "ready" and again["session"] == ready["session"] and again["resumed"] is True
+        await send_audio(ws, audio[offset:])
+        await ws.send(json.dumps({"type": "stop"}))
+        rest: list = []
+        await collect_until(ws, lambda m: m and m[-1]["type"] == "end", rest)
+    resent = [m for m in rest if m["type"] == "final" and m.get("resent")]
+    assert resent and resent[0]["segment"] == got[-1]["segment"] + 1  # the window flushed at the drop
+    joined = got + [m for m in rest if m["type"] == "final"]
+    assert [f["segment"] for f in joined] == list(range(len(joined)))  # each once, in order
+    assert all(a["end"] == b["start"] or a["end"] < b["start"] for a, b in zip(joined, joined[1:]))
+    assert joined[-1]["end"] == pytest.approx(whole.finals[-1]["end"], abs=0.05)  # VAD frames start anew
+    text = lambda fs: " ".join(f["text"] for f in fs)  # noqa: E731
+    assert wer(text(whole.finals), text(joined)) == 0.0, (text(whole.finals), text(joined))
+
+
+async def test_resume_needs_the_right_token_and_a_dropped_session(cpu_url):
+    async with connect(cpu_url) as ws:
+        await ws.send(json.dumps({"type": "start"}))
+        ready = await recv(ws)
+        await send_audio(ws, load_16k("ldc93s1.wav"))
+        ws.transport.abort()
+    await asyncio.sleep(0.5)
+    async with connect(cpu_url) as ws:
+        for start, code in [({"resume_token": "nope", "offset": 0}, "resume_refused"),
+                            ({"offset": 0}, "resume_refused"),
+                            ({"resume_token": ready["resume_token"], "offset": -1}, "bad_message")]:
+            await ws.send(json.dumps({"type": "start", "resume": ready["session"], **start}))
+            err = await recv(ws)
+            assert err["type"] == "error" and err["code"] == code and err["message"], err
+        await ws.send(json.dumps({"type": "start", "resume": "0123456789ab", "resume_token": "x", "offset": 0}))
+        assert (await recv(ws))["code"] == "resume_unknown"
+        # the right token still works after wrong ones, once
+        await ws.send(json.dumps({"type": "start", "resume": ready["session"],
+                                  "resume_token": ready["resume_token"], "offset": 0}))
+        assert (await recv(ws))["session"] == ready["session"]
+        resent = await recv(ws)
+        assert resent["type"] == "final" and resent["resent"] and resent["text"]
+        await ws.send(json.dumps({"type": "stop"}))
+        assert (await recv(ws))["type"] == "end"
+    async with connect(cpu_url) as ws:  # a session that ended with stop is not resumable
+        await ws.send(json.dumps({"type": "start", "resume": ready["session"],
+                                  "resume_token": ready["resume_token"], "offset": 0}))
+        assert (await recv(ws))["code"] == "resume_unknown"
+
+
+SIGTERM_RUNS = {"whisper": 20, "salm": int(os.environ.get("SALM_SIGTERM_RUNS", "3"))}
+
+
+@pytest.mark.parametrize("backend", ["whisper", "salm"])
+async def test_sigterm_after_sessions_always_exits_0_within_the_deadline(tmp_path, backend, tiny_salm_dir):
+    args = ["--backend", backend, "--data-dir", str(tmp_path), "--set", "limits.shutdown_deadline_s=10"]
+    if backend == "salm":
+        args += ["--model", str(tiny_salm_dir), "--device", "cpu"]
+    clip = load_16k("jfk_16k.wav")
+    for run in range(SIGTERM_RUNS[backend]):
+        with server_process(*args, log_path=tmp_path / f"{run}.log") as (url, proc):
+            await stream_audio(clip, RATE, url, speed=0)
+            async with connect(url) as ws:  # and one still open, mid-window
+                await ws.send(json.dumps({"type": "start"}))
+                await recv(ws)
+                await send_audio(ws, clip[:3 * RATE])
+                await asyncio.sleep(0.3)
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                code = await asyncio.to_thread(proc.wait, 15)
+                took = time.monotonic() - t0
+        assert code == 0 and took < 10, (run, code, took, (tmp_path / f"{run}.log").read_text()[-2000:])
+
+
+async def test_a_second_signal_exits_a_stuck_shutdown_at_once(tmp_path):
+    with server_process("--backend", "stuck", "--data-dir", str(tmp_path), module="tests.stuck_server",
+                        log_path=tmp_path / "s.log") as (url, proc):
+        await stream_audio(load_16k("ldc93s1.wav"), RATE, url, speed=0)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.5)  # the flush is done; close() is stuck
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 5)
+        assert code == 1 and time.monotonic() - t0 < 1.0
+    assert "second signal: exiting now, while closing the engine and the backend" in (tmp_path / "s.log").read_text()
+
+
+async def test_a_stuck_shutdown_exits_non_zero_at_its_deadline_saying_what_hung(tmp_path):
+    with server_process("--backend", "stuck", "--data-dir", str(tmp_path), "--set", "limits.shutdown_deadline_s=2",
+                        module="tests.stuck_server", log_path=tmp_path / "s.log") as (url, proc):
+        result = await stream_audio(load_16k("ldc93s1.wav"), RATE, url, speed=0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 10)
+        assert code == 3 and 1.5 < time.monotonic() - t0 < 4.5
+    log = (tmp_path / "s.log").read_text()
+    assert "shutdown passed its deadline of 2 s while closing the engine and the backend" in log
+    assert result.finals and result.finals[0]["text"]  # what was said was out before
+
+
+async def test_viewers_joining_while_finals_are_published_miss_none(tmp_path):
+    """200 viewers join at random moments while a speaker's finals come out every ~0.3 s: each must hold every
+    final, from the backlog or live, exactly once."""
+    with server_process("--backend", "whisper", "--data-dir", str(tmp_path), "--set", "rooms.backlog=1000",
+                        "--set", "limits.max_connections_per_ip=300", log_path=tmp_path / "s.log") as (url, _):
+        watch = url.replace("/v1/listen", "/v1/watch?room=race")
+        speech = load_16k("lj001_0001.wav")
+        rng = random.Random(7)
+        speaker_done = asyncio.Event()
+
+        async def speaker() -> list[dict]:
+            out = []
+            async with connect(url) as ws:
+                await ws.send(json.dumps({"type": "start", "room": "race"}))
+                await recv(ws)
+                for rep in range(3):
+                    for i in range(0, len(speech), FRAME * 3):
+                        await ws.send(encode(speech[i:i + FRAME * 3], "pcm_s16le"))
+                        await ws.send(json.dumps({"type": "finalize"}))  # a final every 0.3 s of audio
+                        await asyncio.sleep(0.02)
+                await ws.send(json.dumps({"type": "stop"}))
+                while (m := await recv(ws))["type"] != "end":
+                    out.append(m)
+            speaker_done.set()
+            return [m for m in out if m["type"] == "final"]
+
+        async def viewer(delay: float) -> list[dict]:
+            await asyncio.sleep(delay)
+            got = []
+            async with connect(watch) as ws:
+                await recv(ws)  # watching
+                while True:  # read all along (an unread socket stalls), until 3 s quiet after the speaker ended
+                    try:
+                        m = await recv(ws, timeout=3)
+                    except asyncio.TimeoutError:
+                        if speaker_done.is_set():
+                            return got
+                        continue
+                    if m["type"] == "final":
+                        got.append(m)
+
+        spoken, *views = await asyncio.gather(speaker(), *(viewer(rng.uniform(0, 8)) for _ in range(200)))
+    assert len(spoken) > 40
+    want = [(f["segment"], f["text"]) for f in spoken]
+    for seen in views:
+        assert [(f["segment"], f["text"]) for f in seen] == want
+
+
+async def test_a_stalled_backend_turns_unhealthy_fails_fast_and_piles_up_no_threads(tmp_path):
+    backend = FaultyBackend(hang=[1], hang_s=12)
+    cfg = load_config(None, {"server.port": 0, "server.data_dir": str(tmp_path), "engine.batch_timeout_s": 2,
+                             "segmenter.partial_interval_s": 1000})
+    server = CaptionServer(cfg, Engine(backend, cfg.engine))
+    await server.start()
+    url = f"ws://127.0.0.1:{server.port}/v1/listen"
+    try:
+        async with connect(url) as ws:
+            await ws.send(json.dumps({"type": "start"}))
+            await recv(ws)
+            clip = load_16k("ldc93s1.wav")
+            await send_audio(ws, np.concatenate([clip, np.zeros(RATE, np.float32)]))  # one final: it hangs
+            err = await recv(ws, timeout=10)
+            assert err["code"] == "backend_error"
+            report, status = health(server)
+            assert status == 503 and report["status"] == "stalled" and "stuck" in report["reason"]
+            threads = threading.active_count()
+            t0 = time.monotonic()
+            for _ in range(3):  # later windows fail at once, not after the 2 s timeout each
+                await send_audio(ws, np.concatenate([clip, np.zeros(RATE, np.float32)]))
+            errors = []
+            await collect_until(ws, lambda m: len([x for x in m if x["type"] == "error"]) >= 3, errors)
+            assert time.monotonic() - t0 < 2.0
+            assert threading.active_count() <= threads  # no thread per stalled batch
+        async with connect(url) as ws:  # new streams are refused with a reason
+            err = await recv(ws)
+            assert err["code"] == "backend_stalled"
+        with pytest.raises(ConnectionClosed) as closed:
+            async with connect(url) as ws:
+                await recv(ws)
+                await recv(ws)
+        assert closed.value.rcvd.code == 1013
+        for _ in range(150):  # the stuck call returns after 12 s: the server serves again
+            if health(server)[1] == 200:
+                break
+            await asyncio.sleep(0.1)
+        after = await stream_audio(load_16k("ldc93s1.wav"), RATE, url, speed=0)
+        assert after.finals[0]["text"] and not [m for m in after.messages if m["type"] == "error"]
+    finally:
+        await server.shutdown()
