@@ -20,6 +20,7 @@ MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that vi
 class Viewer:
     def __init__(self, send: Callable[[str], Awaitable[None]]):
         self._send = send
+        self._backlog: deque[dict] = deque()  # sent first; not counted against the live queue's limits
         self._queue: asyncio.Queue = asyncio.Queue()
         self.too_slow = asyncio.Event()
 
@@ -33,6 +34,8 @@ class Viewer:
             self._queue.put_nowait(msg)
 
     async def run(self) -> None:
+        while self._backlog:
+            await self._send(P.dump(self._backlog.popleft()))
         while True:
             await self._send(P.dump(await self._queue.get()))
 
@@ -47,8 +50,7 @@ class Room:
     def join(self, viewer: Viewer) -> None:
         """The backlog first, then every caption published after: in one step (no await), so a caption published
         while a viewer joins is in exactly one of the two."""
-        for msg in self.backlog:
-            viewer.offer({**msg, "backlog": True})
+        viewer._backlog.extend({**msg, "backlog": True} for msg in self.backlog)
         self.viewers.add(viewer)
 
     def publish(self, msg: dict) -> None:
