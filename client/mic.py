@@ -1,7 +1,8 @@
 """`python -m client.mic`: live captions from a microphone.
 
     Capture (PortAudio thread) -> AudioFeed (event loop: mono, 16 kHz, 40 ms frames) -> Backlog
-        -> CaptionLink (websocket; reconnects and resends what the server lost) -> Display (terminal)
+        -> CaptionLink (websocket; after a drop, resumes the session and resends what no final covers)
+        -> Display (terminal)
 
 Ctrl-C sends `stop`, waits a bounded time for the last finals, saves the transcript (--save) and exits 0.
 """
@@ -220,12 +221,18 @@ class Dropped(Exception):
 
 
 class CaptionLink:
-    """One caption stream over as many websocket sessions as it takes.
+    """One caption stream over as many websocket connections as it takes.
 
-    Each new session starts its clock and segment numbers at 0, so the link remembers the stream sample at
-    which the current session's audio begins (`base`) and shifts every caption by it: the display and the saved
-    transcript keep one timeline. A dropped session loses the windows it had open, so after reconnecting the
-    link first resends the whole backlog (all audio since the last final), then goes on live.
+    After a drop the link resumes its session: the server flushed the open window into a final at the drop and
+    kept the session, so the link sends `start` with the session's id, its resume token and `offset` (where the
+    audio it resends begins: the end of its last final), then resends the backlog from there. The server first
+    sends again the finals that end after `offset` (the link keeps those it lacks, e.g. the one flushed at the
+    drop) and drops resent audio they cover, so no word is doubled and none lost.
+
+    If the server no longer has the session (it restarted, or the session expired), the link starts a new one.
+    A new session starts its clock and segment numbers at 0, so the link remembers the stream sample at which
+    its audio begins (`base`) and the number of finals before it, and shifts every caption by them: the display
+    and the saved transcript keep one timeline. A resumed session keeps its clock and numbering, so its shift too.
     """
 
     def __init__(self, url: str, backlog: Backlog, on_message: Callable[[dict], None],
@@ -235,12 +242,14 @@ class CaptionLink:
         self.on_message, self.on_status = on_message, on_status
         self.room, self.token, self.context = room, token, context
         self.backoff, self.open_timeout = backoff, open_timeout
-        self.finals: list[dict] = []  # on the stream's clock, numbered 0, 1, 2, ... across sessions
-        self.ready: dict = {}
-        self.sessions = 0
+        self.finals: list[dict] = []  # on the stream's clock, numbered 0, 1, 2, ... across sessions, each once
+        self.ready: dict = {}  # the current session's `ready` (its id and resume token)
+        self.sessions = 0    # sessions the server started for this stream (a resumed one is not a new one)
+        self.resumes = 0     # reconnections that resumed the session
+        self.resumed = False  # whether the current connection resumed the session
         self.final_upto = 0  # stream sample where the last final ended: the audio before it is transcribed
         self.base = 0        # stream sample where this session's audio (its time 0) begins
-        self.sent = 0        # stream sample up to which this session has been sent
+        self.sent = 0        # stream sample up to which this connection has sent audio
         self._segment_base = 0
         self._stop_sent = False
         self._finishing = False
@@ -255,8 +264,10 @@ class CaptionLink:
         self._wake.set()
 
     async def connect(self) -> ClientConnection:
-        """Opens a session that starts at the oldest audio still held. Raises OSError/TimeoutError/
-        InvalidHandshake when the server cannot be reached, ServerRefused when it will not take the stream."""
+        """Opens a connection that resumes the session if there is one (a new session if there is none, or the
+        server no longer has it) and is to be sent the audio from the end of the last final. Raises OSError/
+        TimeoutError/InvalidHandshake when the server cannot be reached, ServerRefused when it will not take
+        the stream."""
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
@@ -266,25 +277,54 @@ class CaptionLink:
             if 400 <= exc.response.status_code < 500:  # 401/403/404: the same answer next time
                 raise ServerRefused(f"HTTP {exc.response.status_code} from {self.url}") from exc
             raise
-        try:
-            # every session's start carries the room and the context: the server keeps nothing between them
-            await ws.send(json.dumps(start_message(RATE, "pcm_s16le", room=self.room, context=self.context)))
-            ready = json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
-            if ready.get("type") != "ready":
-                raise ServerRefused(f"the server refused the stream: {ready.get('message', ready)}")
-        except BaseException:
-            await ws.close()
-            raise
+        self.backlog.release(self.final_upto)  # nothing is being sent now: resend from the last final's end
         if self.backlog.start > self.final_upto:  # the bound dropped audio no final covers
             self.on_status(f"{(self.backlog.start - self.final_upto) / RATE:.1f} s of audio could not be held "
                            f"during the outage and has no captions")
             self.final_upto = self.backlog.start
-        self.base = self.sent = self.backlog.start
-        self._segment_base = len(self.finals)
+        try:
+            ready = await self._start(ws)
+        except BaseException:
+            await ws.close()
+            raise
+        if not ready.get("resumed"):  # a new session: its clock and segment numbers start here
+            self.base = self.backlog.start
+            self._segment_base = self._next_segment()
+            self.sessions += 1
+        self.resumed = bool(ready.get("resumed"))
+        self.resumes += self.resumed
+        self.sent = self.backlog.start
         self._stop_sent = False
         self.ready = ready
-        self.sessions += 1
         return ws
+
+    async def _start(self, ws: ClientConnection) -> dict:
+        """Sends `start` (resuming the session if there is one) and returns the server's `ready`."""
+        # every start carries the room and the context: a new session knows nothing of the old one
+        start = start_message(RATE, "pcm_s16le", room=self.room, context=self.context)
+        session, secret = self.ready.get("session"), self.ready.get("resume_token")
+        if session and secret:
+            reply = await self._ask(ws, {**start, "resume": session, "resume_token": secret,
+                                         "offset": self.backlog.start - self.base})  # on the session's clock
+            if reply.get("type") == "ready":
+                return reply
+            if reply.get("code") not in ("resume_unknown", "resume_refused"):
+                raise ServerRefused(f"the server refused the stream: {reply.get('message', reply)}")
+            # the connection stays open for a plain start
+            self.on_status(f"session {session} not resumed ({reply.get('code')}: {reply.get('message')}); "
+                           f"starting a new session")
+        reply = await self._ask(ws, start)
+        if reply.get("type") != "ready":
+            raise ServerRefused(f"the server refused the stream: {reply.get('message', reply)}")
+        return reply
+
+    async def _ask(self, ws: ClientConnection, start: dict) -> dict:
+        await ws.send(json.dumps(start))
+        return json.loads(await asyncio.wait_for(ws.recv(), self.open_timeout))
+
+    def _next_segment(self) -> int:
+        """The stream's number for the next final."""
+        return self.finals[-1]["segment"] + 1 if self.finals else 0
 
     async def run(self, ws: ClientConnection | None = None) -> None:
         """Streams until the server has sent `end` after `finish()`, reconnecting with backoff after each drop.
@@ -294,8 +334,8 @@ class CaptionLink:
             try:
                 if ws is None:
                     ws = await self.connect()
-                    self.on_status(f"reconnected: sending the {len(self.backlog) / RATE:.1f} s of audio since "
-                                   f"the last caption")
+                    self.on_status(f"reconnected ({'session resumed' if self.resumed else 'new session'}): sending "
+                                   f"the {len(self.backlog) / RATE:.1f} s of audio since the last caption")
                     delay = self.backoff[0]
                 await self._stream(ws)
                 return
@@ -351,13 +391,16 @@ class CaptionLink:
                 if self._stop_sent:
                     return
                 raise Dropped("the server ended the stream")
-            if kind == "final":  # everything up to its end is transcribed: no need to hold it any more
-                self.final_upto = max(self.final_upto, self.base + round(msg["end"] * RATE))
-                self.backlog.release(self.final_upto)
             if kind in ("partial", "final"):
                 msg = self._to_stream_clock(msg)
-                if kind == "final":
-                    self.finals.append(msg)
+            if kind == "final":
+                if msg["segment"] < self._next_segment():
+                    continue  # resent after a resume, and held already
+                self.finals.append(msg)
+                # the audio up to its end is transcribed: no need to hold it any more (audio not sent yet on
+                # this connection stays: a resumed session expects its resend whole, and drops it itself)
+                self.final_upto = max(self.final_upto, round(msg["end"] * RATE))
+                self.backlog.release(min(self.final_upto, self.sent))
             self.on_message(msg)
         raise Dropped(f"closed by the server, code {ws.close_code}")
 
