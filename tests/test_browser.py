@@ -3,11 +3,13 @@ microphone, the embedded Whisper tiny.en backend behind a real server.
 
 The speaker page (`/?room=...`) captures the fake microphone with an AudioWorklet and streams it to
 `/v1/listen`; an overlay (`/overlay?room=...`) and a room page (`/room/...`) watch the same room. The test
-checks the words on the overlay, the room page's transcript, an SRT download, a forced reconnect (the
-transcript's times stay continuous), a stop, and writes a screenshot of each page to artifacts/browser/.
+checks the words on the overlay, the room page's transcript, an SRT download, a forced reconnect whose resume is
+refused (the page falls back to a new session; the transcript's times stay continuous), a stop, and writes a
+screenshot of each page to artifacts/browser/. test_browser_resume.py checks a resume that goes through.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -72,6 +74,8 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
         old.unlink()
     errors: list[str] = []
     listen_sockets: list = []  # the speaker page's /v1/listen connections, proxied so one can be cut
+    starts: list[dict] = []  # the `start` messages the page sent, as it sent them
+    replies: list[dict] = []  # what the server sent on the second connection (text frames)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args(mic_wav))
@@ -90,11 +94,25 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             room.goto(f"{base}/room/{ROOM}")
             speaker = watch(context.new_page(), "speaker")
 
-            def proxy(ws):  # a transparent proxy; the test closes it once to force a reconnect
+            def proxy(ws):  # a proxy; the test closes it once to force a reconnect, whose resume it spoils
                 server = ws.connect_to_server()
                 listen_sockets.append((ws, server))
-                ws.on_message(server.send)
-                server.on_message(ws.send)
+                second = len(listen_sockets) == 2
+
+                def up(message):
+                    if isinstance(message, str) and '"start"' in message:
+                        starts.append(json.loads(message))
+                        if second and "resume" in starts[-1]:  # a wrong token: the server refuses the resume
+                            message = json.dumps({**starts[-1], "resume_token": "not-the-token"})
+                    server.send(message)
+
+                def down(message):
+                    if second and isinstance(message, str):
+                        replies.append(json.loads(message))
+                    ws.send(message)
+
+                ws.on_message(up)
+                server.on_message(down)
                 ws.on_close(lambda code, reason: server.close())
                 server.on_close(lambda code, reason: ws.close(code=code, reason=reason))
 
@@ -171,8 +189,10 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             overlay.screenshot(path=str(ARTIFACTS / "overlay.png"), omit_background=True)
             overlay_on_dark(context, ARTIFACTS / "overlay.png", ARTIFACTS / "overlay-on-dark.png")
 
-            # Cut the speaker's connection: the page reconnects by itself, to a new session whose times are
-            # offset by the audio already captured, so the transcript's times stay continuous.
+            # Cut the speaker's connection: the page reconnects by itself and asks to resume its session; the
+            # proxy spoils the token, so the server refuses (resume_refused) and the page starts a new session on
+            # the same connection, whose times are offset by the audio already captured: the transcript's times
+            # stay continuous.
             first_session = speaker.evaluate("captionsDebug.session")
             finals_before = speaker.evaluate("captionsDebug.finals.length")
             page_side, server_side = listen_sockets[-1]
@@ -185,6 +205,12 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             assert "reconnecting" in states[states.index("live"):], states
             assert len(listen_sockets) == 2
             assert speaker.evaluate("captionsDebug.session") != first_session
+            assert [("resume" in s, s.get("resume")) for s in starts] == [(False, None), (True, first_session),
+                                                                           (False, None)], starts
+            assert isinstance(starts[1]["offset"], int) and starts[1]["offset"] > 0, starts[1]
+            assert [m["type"] for m in replies[:2]] == ["error", "ready"], replies[:3]
+            assert replies[0]["code"] == "resume_refused" and replies[1]["session"] != first_session
+            assert speaker.evaluate("captionsDebug.resumes") == 0
             base_s = speaker.evaluate("captionsDebug.sessionBase / captionsDebug.rate")
             assert base_s > 1.0  # the new session starts where the capture was, not at 0
             speaker.wait_for_timeout(1500)  # some speech into the new session before the stop

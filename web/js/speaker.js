@@ -1,5 +1,7 @@
 // Speaker page: microphone -> AudioWorklet (s16le at the context rate) -> /v1/listen; shows captions, keeps
-// the finals for TXT/SRT/VTT downloads, reconnects by itself.
+// the finals for TXT/SRT/VTT downloads, reconnects by itself and resumes its session (docs/protocol.md,
+// Resuming a dropped session): it keeps the audio since its last final and sends it again after a drop, so no
+// word is lost or doubled.
 import {
   MAX_CONTEXT, ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, cleanContext, downloadText, el, fileStamp, hms,
   showState, wsUrl,
@@ -15,7 +17,8 @@ const ui = {
   scroll: $("scroll"), clear: $("clear"), downloads: [...document.querySelectorAll("[data-format]")],
 };
 
-const MAX_QUEUE_S = 10; // audio kept while reconnecting; older chunks are dropped
+const MAX_BACKLOG_S = 30; // audio kept since the last final, to resend after a drop; older chunks are dropped
+const STREAM_RATE = 16000; // the server's stream clock: `offset` counts samples at this rate
 const STOP_TIMEOUT_MS = 15000; // how long to wait for the server's `end` after `stop`
 
 // --- room, label and context from the page URL -----------------------------------------------------------
@@ -60,28 +63,26 @@ let running = false; // the user wants captions (between Start and Stop)
 let stopping = false;
 let stopTimer = null;
 let live = false; // `ready` received on the current connection
-let queue = []; // chunks waiting for a live connection: {index, pcm}
+let backlog = []; // {index, pcm}: the chunks captured since the last final's end, sent or not (MAX_BACKLOG_S)
 let captured = 0; // samples captured since Start, at `rate`
 let earlierRuns = 0; // seconds captured by earlier Start..Stop runs: the transcript's clock goes on across them
-let sessionBase = null; // capture sample index of the current session's first sample
+let sessionBase = null; // capture sample index of the current session's first sample (its stream clock's 0)
 let session = null;
+let resumeToken = null; // the current session's secret from `ready`: set while the session can be resumed
+let resumeFrom = null; // capture index from which this connection's `start` said it would resend the audio
+let lastSegment = -1; // the current session's last final received: a final sent again after a resume is skipped
+let lastFinalEnd = 0; // its end, in seconds on the session's stream clock
+let resumes = 0; // sessions resumed after a drop (for tests)
 let context = ""; // the names and terms of the current run, fixed at Start: every session's start sends them
 const finals = []; // {start, end, text, segment, session}: seconds of audio captured since the first Start
 let partial = null; // {segment, text}
 
 const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
-  open: (ws) => {
-    const start = { type: "start", sample_rate: rate, encoding: "pcm_s16le", channels: 1 };
-    if (room) start.room = room;
-    if (speaker) start.speaker = speaker;
-    if (context) start.context = context; // the server keeps nothing between sessions: a reconnect sends it again
-    ws.send(JSON.stringify(start));
-  },
+  open: (ws) => sendStart(ws, Boolean(resumeToken)),
   message: onMessage,
   close: () => {
     live = false;
-    sessionBase = null;
-    setPartial(null); // the open window of the lost session will get no final
+    setPartial(null); // the open window comes back as a final when the session is resumed
     return running && !stopping;
   },
   state: (name, detail) => {
@@ -93,21 +94,51 @@ const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
   },
 });
 
+// A `start` for a new session, or one that resumes the dropped session. Either way the audio sent after `ready`
+// begins where the last final ended (or at the oldest chunk kept, if that is later); a resume says where that is
+// on the session's stream clock: `offset`, in samples at 16 kHz (the page captures at `rate`, often 48 kHz).
+function sendStart(ws, resume) {
+  const start = { type: "start", sample_rate: rate, encoding: "pcm_s16le", channels: 1 };
+  if (room) start.room = room;
+  if (speaker) start.speaker = speaker;
+  if (context) start.context = context; // sent again on a reconnect: a new session needs it too
+  resumeFrom = null;
+  if (resume) {
+    resumeFrom = uncovered();
+    Object.assign(start, {
+      resume: session, resume_token: resumeToken,
+      offset: Math.round((resumeFrom - sessionBase) * STREAM_RATE / rate),
+    });
+  }
+  ws.send(JSON.stringify(start));
+}
+
 // --- messages from the server -----------------------------------------------------------------------------
-function onMessage(msg) {
+function onMessage(msg, ws) {
   switch (msg.type) {
-    case "ready":
+    case "ready": {
+      const resumed = msg.resumed === true && resumeFrom !== null && msg.session === session;
       live = true;
-      session = msg.session;
-      sessionBase = null;
+      if (resumed) {
+        resumes += 1; // same stream clock, same segment numbers: the missed finals come next
+      } else {
+        // A new session (the first, or after a refused resume): its stream begins with the audio no final covers.
+        session = msg.session;
+        sessionBase = uncovered();
+        resumeFrom = sessionBase;
+        lastSegment = -1;
+        lastFinalEnd = 0;
+      }
+      resumeToken = msg.resume_token || null;
       socket.healthy();
       ui.backend.textContent = String(msg.backend ?? "?");
       ui.backend.title = msg.reason || "";
       ui.model.textContent = String(msg.model ?? "?");
       hideNotice();
       if (!stopping) setState("live", "Live");
-      flushQueue();
+      sendBacklog(resumeFrom);
       break;
+    }
     case "partial":
       if (msg.session && msg.session !== session) break;
       setPartial({ segment: msg.segment, text: msg.text || "" });
@@ -116,6 +147,12 @@ function onMessage(msg) {
       addFinal(msg);
       break;
     case "error":
+      if (!live && resumeFrom !== null && (msg.code === "resume_unknown" || msg.code === "resume_refused")) {
+        // The session cannot go on (expired, or the server restarted): a new one, on the same connection.
+        resumeToken = null;
+        sendStart(ws, false);
+        break;
+      }
       notify(`Server: ${msg.message || msg.code}`);
       if (!live) stop(); // the start was refused: retrying would be refused again
       break;
@@ -128,6 +165,10 @@ function onMessage(msg) {
 }
 
 function addFinal(msg) {
+  if (msg.segment <= lastSegment) return; // sent again after a resume: shown already
+  lastSegment = msg.segment;
+  lastFinalEnd = msg.end;
+  trimBacklog();
   const offset = earlierRuns + (sessionBase ?? 0) / rate;
   if (partial && partial.segment <= msg.segment) setPartial(null);
   const text = String(msg.text || "").trim();
@@ -203,30 +244,43 @@ function closeCapture() {
   setLevel(0);
 }
 
+// Every chunk goes into the backlog; while live it is sent at once as well. After a (re)connect, `ready` sends
+// the backlog from the point its `start` announced.
 function onChunk({ pcm, samples, rms }) {
   const chunk = { index: captured, pcm };
   captured += samples;
   setLevel(rms);
   if (!running || stopping) return;
-  if (live) {
-    flushQueue();
-    sendChunk(chunk);
-  } else {
-    queue.push(chunk);
-    const keep = MAX_QUEUE_S * rate;
-    while (queue.length && captured - queue[0].index > keep) queue.shift();
+  backlog.push(chunk);
+  trimBacklog();
+  if (live) socket.send(pcm);
+}
+
+function chunkEnd(chunk) {
+  return chunk.index + chunk.pcm.byteLength / 2; // s16le: 2 bytes a sample
+}
+
+function sendBacklog(from) {
+  for (const chunk of backlog) {
+    if (chunkEnd(chunk) <= from) continue;
+    socket.send(chunk.index >= from ? chunk.pcm : chunk.pcm.slice((from - chunk.index) * 2));
   }
 }
 
-function sendChunk(chunk) {
-  if (sessionBase === null) sessionBase = chunk.index;
-  socket.send(chunk.pcm);
+// Capture index up to which the current session's finals cover the audio.
+function covered() {
+  return sessionBase === null ? 0 : sessionBase + Math.round(lastFinalEnd * rate);
 }
 
-function flushQueue() {
-  const pending = queue;
-  queue = [];
-  for (const chunk of pending) sendChunk(chunk);
+// Capture index where the audio that no final covers begins: the last final's end, or the oldest chunk kept.
+function uncovered() {
+  return Math.max(covered(), backlog.length ? backlog[0].index : captured);
+}
+
+// Drops the chunks that a final covers, and those older than MAX_BACKLOG_S.
+function trimBacklog() {
+  const oldest = Math.max(covered(), captured - MAX_BACKLOG_S * rate);
+  while (backlog.length && chunkEnd(backlog[0]) <= oldest) backlog.shift();
 }
 
 let levelShown = 0;
@@ -259,8 +313,12 @@ async function start() {
   running = true;
   stopping = false;
   captured = 0;
-  queue = [];
+  backlog = [];
   sessionBase = null;
+  session = null;
+  resumeToken = null; // each Start begins a new session
+  lastSegment = -1;
+  lastFinalEnd = 0;
   setButton(true);
   ui.toggle.disabled = false;
   socket.open();
@@ -271,7 +329,8 @@ function stop() {
   stopping = true;
   clearTimeout(stopTimer);
   closeCapture();
-  queue = [];
+  backlog = [];
+  resumeToken = null; // after `stop` the server ends the session: nothing to resume
   setButton(false);
   ui.toggle.disabled = true;
   if (live && socket.send(JSON.stringify({ type: "stop" }))) {
@@ -293,7 +352,8 @@ function finishStop() {
   running = false;
   stopping = false;
   live = false;
-  queue = [];
+  backlog = [];
+  resumeToken = null;
   setPartial(null);
   setButton(false);
   setContextLocked(false);
@@ -378,5 +438,7 @@ window.captionsDebug = {
   get rate() { return rate; },
   get captured() { return captured; },
   get sessionBase() { return sessionBase; },
+  get resumes() { return resumes; },
+  get backlogSeconds() { return (captured - uncovered()) / rate; },
   get context() { return context; },
 };
