@@ -220,6 +220,11 @@ class Dropped(Exception):
     """The connection ended before the stream did."""
 
 
+# Refusals that say "not now" (docs/protocol.md, close 1013/1001): a reconnect waits and tries again, holding the
+# audio, instead of giving up on the stream.
+TRY_LATER = ("overloaded", "backend_stalled", "too_many_connections", "shutting_down")
+
+
 class CaptionLink:
     """One caption stream over as many websocket connections as it takes.
 
@@ -308,12 +313,16 @@ class CaptionLink:
                                          "offset": self.backlog.start - self.base})  # on the session's clock
             if reply.get("type") == "ready":
                 return reply
+            if reply.get("code") in TRY_LATER:
+                raise Dropped(f"the server cannot take the stream now ({reply['code']}: {reply.get('message')})")
             if reply.get("code") not in ("resume_unknown", "resume_refused"):
                 raise ServerRefused(f"the server refused the stream: {reply.get('message', reply)}")
             # the connection stays open for a plain start
             self.on_status(f"session {session} not resumed ({reply.get('code')}: {reply.get('message')}); "
                            f"starting a new session")
         reply = await self._ask(ws, start)
+        if reply.get("code") in TRY_LATER:
+            raise Dropped(f"the server cannot take the stream now ({reply['code']}: {reply.get('message')})")
         if reply.get("type") != "ready":
             raise ServerRefused(f"the server refused the stream: {reply.get('message', reply)}")
         return reply
@@ -461,7 +470,7 @@ async def run(args: argparse.Namespace, display: Display) -> int:
                      lambda: display.status(f"no sound from {capture.name!r} yet: is it muted?"))
     try:
         ws = await link.connect()
-    except ServerRefused as exc:
+    except (ServerRefused, Dropped) as exc:
         display.status(str(exc))
         return 1
     except (OSError, asyncio.TimeoutError, InvalidHandshake, InvalidURI) as exc:

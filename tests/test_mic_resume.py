@@ -223,10 +223,12 @@ async def test_mic_link_starts_a_new_session_when_the_server_refuses_the_resume(
 class ScriptedServer:
     """A websocket peer in a thread: the first connection gets `ready` (with a resume token) and final 0 (0-1 s),
     and is cut once 2 s of audio have come; a resume gets `ready` and finals 0 and 1 again (`resent`), then on
-    `stop` final 2 and `end`. Keeps each connection's `start`."""
+    `stop` final 2 and `end`. Keeps each connection's `start`. `busy_once`: the first resume is refused as a busy
+    server refuses (`overloaded`, close 1013)."""
 
-    def __init__(self):
+    def __init__(self, busy_once: bool = False):
         self.starts: list[dict] = []
+        self.busy_once = busy_once
         self.loop = asyncio.new_event_loop()
         self._up = threading.Event()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
@@ -252,6 +254,11 @@ class ScriptedServer:
                 if audio >= 2 * RATE:
                     ws.transport.abort()
                     return
+        if self.busy_once:
+            self.busy_once = False
+            await ws.send(json.dumps({"type": "error", "code": "overloaded", "message": "try later"}))
+            await ws.close(1013, "overloaded")
+            return
         await ws.send(json.dumps({**ready, "resumed": True, "position": start["offset"] / RATE}))
         await ws.send(self.final(0, 0.0, 1.0, resent=True))  # one the client holds
         await ws.send(self.final(1, 1.0, 2.0, resent=True))  # one it never got
@@ -298,3 +305,23 @@ async def test_mic_link_keeps_a_resent_final_once_and_resumes_from_its_last_fina
     assert [(f["segment"], f["text"]) for f in link.finals] == [(0, "words 0"), (1, "words 1"), (2, "words 2")]
     assert [m["segment"] for m in shown if m["type"] == "final"] == [0, 1, 2]  # final 0 shown once
     assert link.sessions == 1 and link.base == 0 and link.final_upto == 3 * RATE
+
+
+async def test_mic_link_waits_out_a_busy_server_and_still_resumes():
+    """A reconnect refused with "not now" (overloaded, backend_stalled, ...: close 1013) is retried with backoff,
+    the audio held meanwhile; it is not the end of the stream."""
+    peer = ScriptedServer(busy_once=True)
+    shown, statuses = [], []
+    link = CaptionLink(peer.url, Backlog(max_s=30), shown.append, statuses.append, backoff=(0.1, 0.5))
+    try:
+        runner = asyncio.create_task(link.run(await link.connect()))
+        link.backlog.append(np.zeros(3 * RATE, "<i2"))
+        link.wake()
+        await until(lambda: link.resumes == 1, timeout=20, what="the resume after the busy refusal")
+        link.finish()
+        await asyncio.wait_for(runner, timeout=20)
+    finally:
+        peer.close()
+    assert len(peer.starts) == 3 and all("resume" in s for s in peer.starts[1:])
+    assert any("cannot take the stream now (overloaded" in s for s in statuses), statuses
+    assert [f["segment"] for f in link.finals] == [0, 1, 2] and link.sessions == 1
