@@ -34,8 +34,10 @@ class Window:
 
 
 class Segmenter:
-    def __init__(self, cfg: SegmenterConfig, vad, position: int = 0, segment: int = 0):
-        """`position`, `segment`: where the stream's clock and numbering begin (a resumed stream goes on)."""
+    def __init__(self, cfg: SegmenterConfig, vad, position: int = 0, segment: int = 0, open_window: bool = False):
+        """`position`, `segment`: where the stream's clock and numbering begin (a resumed stream goes on).
+        `open_window`: begin inside a window, as a resumed stream does whose window the drop cut mid-speech: the
+        rest of that utterance may be too short to open a window of its own, and must not be lost."""
         ms = SAMPLE_RATE // 1000
         self._vad = vad
         self._frame = vad.frame_samples
@@ -58,6 +60,7 @@ class Segmenter:
         self._silence_run = 0
         self._since_partial = 0
         self._segment = segment
+        self._open = open_window
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -65,6 +68,11 @@ class Segmenter:
     def position(self) -> int:
         """Stream index just past the last sample pushed."""
         return self._pos + len(self._pending)
+
+    @property
+    def in_window(self) -> bool:
+        """A window is open (speech, or the hangover after it)."""
+        return self._open
 
     def push(self, samples: np.ndarray) -> list[Window]:
         """Feeds audio; returns the windows (partials and finals, in order) that it produced."""

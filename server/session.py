@@ -57,6 +57,7 @@ class ResumeState:
     context: str | None = None
     next_segment: int = 0
     covered: int = 0  # stream sample (16 kHz) up to which finals cover the audio
+    cut_open: bool = False  # the drop cut a window mid-speech: the resumed stream begins inside a window
     finals: list[dict] = field(default_factory=list)  # the most recent finals sent, oldest first
 
     def to_dict(self) -> dict:
@@ -89,6 +90,7 @@ class Session:
         self._last_partial: dict[int, tuple[int, str]] = {}  # segment -> (end sample, text) last sent
         self._recent: deque[dict] = deque(resumed.finals if resumed else (), maxlen=RECENT_FINALS)
         self._covered = resumed.covered if resumed else 0
+        self._cut_open = False
         self.ended = False
 
     @property
@@ -109,13 +111,13 @@ class Session:
         room = start.room or (P.check_room(url_room) if url_room is not None else None) or (r and r.room)
         self._context = start.context or (r.context if r else None)
         self._decoder = AudioDecoder(start)
-        position, segment = 0, 0
+        position, segment, in_window = 0, 0, False
         if r is not None:
             offset = start.offset or 0
             # Resent audio that finals already cover is dropped; a gap (audio the client no longer had) is skipped.
             self._skip = max(0, r.covered - offset)
-            position, segment = max(r.covered, offset), r.next_segment
-        self._segmenter = Segmenter(self._seg_cfg, self._vad_factory(), position, segment)
+            position, segment, in_window = max(r.covered, offset), r.next_segment, r.cut_open and offset <= r.covered
+        self._segmenter = Segmenter(self._seg_cfg, self._vad_factory(), position, segment, in_window)
         self._final_sender = asyncio.create_task(self._send_finals(), name=f"finals-{self.id}")
         extra = {"resume_token": self.token}
         if room is not None and self._rooms is not None:
@@ -168,11 +170,12 @@ class Session:
     def state(self) -> ResumeState:
         room = self.sink.room
         return ResumeState(self.id, self.token, room and room.name, self.sink.speaker if room else None,
-                           self._context, self._open_segment, self._covered, list(self._recent))
+                           self._context, self._open_segment, self._covered, self._cut_open, list(self._recent))
 
     async def _flush(self) -> None:
         self.ended = True
         if self.started:
+            self._cut_open = self._segmenter.in_window
             tail = self._decoder.flush()
             self._dispatch(self._segmenter.push(tail[min(self._skip, len(tail)):]) + self._segmenter.finalize())
             self._finals.put_nowait(None)

@@ -82,3 +82,17 @@ def test_chunking_does_not_change_windows():
     a = [(w.start, w.end, w.final) for w in run(audio, chunk=160)]
     b = [(w.start, w.end, w.final) for w in run(audio, chunk=16000)]
     assert a == b
+
+
+def test_a_resumed_stream_cut_mid_speech_keeps_the_rest_of_the_utterance():
+    """After a drop cut a window mid-speech, the resumed stream goes on at the cut sample, inside a window: a last
+    word too short to open a window of its own (under min_speech_ms) is still in a final, on the stream clock."""
+    cfg = SegmenterConfig(min_speech_ms=300)
+    speech = load_16k("jfk_16k.wav")[int(3.5 * RATE):int(3.65 * RATE)]  # 0.15 s of voice: too short alone
+    tail = np.concatenate([speech, np.zeros(RATE, np.float32)])
+    alone = Segmenter(cfg, make_vad(cfg), position=5 * RATE, segment=3)
+    assert not finals(alone.push(tail) + alone.finalize())  # the words would be lost
+    resumed = Segmenter(cfg, make_vad(cfg), position=5 * RATE, segment=3, open_window=True)
+    got = finals(resumed.push(tail) + resumed.finalize())
+    assert [(w.segment, w.start) for w in got] == [(3, 5 * RATE)]
+    assert np.array_equal(got[0].audio[:len(speech)], speech)
