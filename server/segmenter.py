@@ -61,6 +61,7 @@ class Segmenter:
         self._since_partial = 0
         self._segment = segment
         self._open = open_window
+        self._unvoiced_resume = open_window  # that window has had no voiced frame yet: silence alone ends it quietly
 
     # -- public ------------------------------------------------------------------------------------------------
 
@@ -94,6 +95,9 @@ class Segmenter:
             self._pending = np.zeros(0, np.float32)
         if onset is not None:
             self._open_window(onset)
+        if self._open and self._unvoiced_resume:
+            self._open = False  # nothing came after the drop's cut
+            return []
         return [self._close(self._pos)] if self._open else []
 
     # -- internals ---------------------------------------------------------------------------------------------
@@ -111,7 +115,12 @@ class Segmenter:
             return
         self._silence_run = 0 if voiced else self._silence_run + len(frame)
         self._since_partial += len(frame)
-        if self._silence_run >= self._hangover:
+        self._unvoiced_resume = self._unvoiced_resume and not voiced
+        if self._silence_run >= self._hangover and self._unvoiced_resume:
+            self._unvoiced_resume = self._open = False  # the drop had cut no speech after all: no final of silence
+            self._floor = self._buf_start
+            self._trim_idle()
+        elif self._silence_run >= self._hangover:
             events.append(self._close(self._pos))
             self._trim_idle()
         elif self._buf_len + self._frame > self._max_window:

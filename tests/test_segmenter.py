@@ -96,3 +96,14 @@ def test_a_resumed_stream_cut_mid_speech_keeps_the_rest_of_the_utterance():
     got = finals(resumed.push(tail) + resumed.finalize())
     assert [(w.segment, w.start) for w in got] == [(3, 5 * RATE)]
     assert np.array_equal(got[0].audio[:len(speech)], speech)
+
+
+def test_a_resumed_stream_whose_cut_was_followed_by_silence_gives_no_empty_final():
+    cfg = SegmenterConfig()
+    for audio in (np.zeros(2 * RATE, np.float32), np.zeros(0, np.float32)):
+        resumed = Segmenter(cfg, make_vad(cfg), position=5 * RATE, segment=3, open_window=True)
+        assert not finals(resumed.push(audio) + resumed.finalize())
+    resumed = Segmenter(cfg, make_vad(cfg), position=5 * RATE, segment=3, open_window=True)
+    speech = load_16k("ldc93s1.wav")
+    got = finals(resumed.push(np.concatenate([np.zeros(RATE, np.float32), speech])) + resumed.finalize())
+    assert [w.segment for w in got] == [3] and got[0].start > 5 * RATE  # the next utterance, numbered on
