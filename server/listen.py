@@ -147,8 +147,10 @@ class Listener:
         try:
             if not session.ended:
                 self.app.resumable.dropping(ResumeState(session.id, session.token))
-                await session.detach()
-                self.app.resumable.hold(session.state())
+                try:
+                    await session.detach()
+                finally:  # even if the flush was cut short (shutdown), a resume waiting for it must not hang
+                    self.app.resumable.hold(session.state())
                 log.info("session %s dropped: flushed, resumable for %.0f s", session.id, self.lim.resume_s)
             else:
                 log.info("session %s closed", session.id)
