@@ -158,7 +158,8 @@ class WhisperBackend:
         for length, group in groups.items():
             results = self._whisper.model.generate(
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[group])),
-                [prompts[i] for i in group], beam_size=1, max_length=length + self._max_new,
+                [prompts[i] for i in group], beam_size=1,
+                max_length=min(length + self._max_new, self._whisper.max_length),  # 448: Whisper's text positions
                 return_scores=True, return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1])
             for i, result in zip(group, results):
                 out[i] = self._text(result, caps[i], prompted=length > self._bare)
