@@ -36,6 +36,7 @@ from .meeting import meeting
 from .server import engine_counters, run_server
 
 FRAME = RATE * 50 // 1000  # 50 ms frames, as the file client sends them
+OFFLINE_PIECE = 30 * RATE
 CAP_S, CUT_SEARCH_S = 10.0, 2.0  # the segmenter's max_window_s and cut_search_s defaults (to spot capped windows)
 
 
@@ -128,7 +129,10 @@ def offline_transcripts(clips: list[Clip], backend_name: str, model: str, device
         texts: dict[str, str] = {}  # a clip repeated by cycling is the same audio: decode it once
         for clip in clips:
             if clip.name not in texts:
-                texts[clip.name] = backend.transcribe([clip.audio])[0]
+                # Models take at most 30 s (Whisper's window; SALM truncates past ~40 s): a longer clip is read
+                # in consecutive 30 s pieces, as Whisper's own long-form transcription reads it.
+                pieces = [clip.audio[i:i + OFFLINE_PIECE] for i in range(0, len(clip.audio), OFFLINE_PIECE)]
+                texts[clip.name] = " ".join(t for t in backend.transcribe(pieces) if t)
         return [texts[c.name] for c in clips], ""
     finally:
         backend.close()
