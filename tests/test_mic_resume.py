@@ -282,14 +282,10 @@ class ScriptedServer:
         self.thread.join(10)
 
 
-async def test_mic_link_keeps_a_resent_final_once_and_resumes_from_its_last_final():
-    peer = ScriptedServer()
-    shown, statuses = [], []
-    link = CaptionLink(peer.url, Backlog(max_s=30), shown.append, statuses.append, room="r1", context="Ada",
-                       backoff=(0.1, 0.5))
+async def stream_3s_through(link: CaptionLink, peer: ScriptedServer) -> None:
+    """3 s of audio through the link to the scripted peer (which cuts it after 2 s), until it has resumed and ended."""
     try:
-        ws = await link.connect()
-        runner = asyncio.create_task(link.run(ws))
+        runner = asyncio.create_task(link.run(await link.connect()))
         link.backlog.append(np.zeros(3 * RATE, "<i2"))
         link.wake()
         await until(lambda: link.resumes == 1, timeout=20, what="the resume")
@@ -297,6 +293,14 @@ async def test_mic_link_keeps_a_resent_final_once_and_resumes_from_its_last_fina
         await asyncio.wait_for(runner, timeout=20)
     finally:
         peer.close()
+
+
+async def test_mic_link_keeps_a_resent_final_once_and_resumes_from_its_last_final():
+    peer = ScriptedServer()
+    shown, statuses = [], []
+    link = CaptionLink(peer.url, Backlog(max_s=30), shown.append, statuses.append, room="r1", context="Ada",
+                       backoff=(0.1, 0.5))
+    await stream_3s_through(link, peer)
     first, again = peer.starts
     assert first == {"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1,
                      "context": "Ada", "room": "r1"}
@@ -313,15 +317,7 @@ async def test_mic_link_waits_out_a_busy_server_and_still_resumes():
     peer = ScriptedServer(busy_once=True)
     shown, statuses = [], []
     link = CaptionLink(peer.url, Backlog(max_s=30), shown.append, statuses.append, backoff=(0.1, 0.5))
-    try:
-        runner = asyncio.create_task(link.run(await link.connect()))
-        link.backlog.append(np.zeros(3 * RATE, "<i2"))
-        link.wake()
-        await until(lambda: link.resumes == 1, timeout=20, what="the resume after the busy refusal")
-        link.finish()
-        await asyncio.wait_for(runner, timeout=20)
-    finally:
-        peer.close()
+    await stream_3s_through(link, peer)
     assert len(peer.starts) == 3 and all("resume" in s for s in peer.starts[1:])
     assert any("cannot take the stream now (overloaded" in s for s in statuses), statuses
     assert [f["segment"] for f in link.finals] == [0, 1, 2] and link.sessions == 1
