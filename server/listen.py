@@ -109,6 +109,8 @@ class Listener:
         if self.session is not None:
             raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
                                                      "for a new stream")
+        # Checked before anything is taken or made, so that a refused start leaves the connection free for another.
+        room = start.room or (P.check_room(self.url_room) if self.url_room is not None else None)
         resumed = await self._take_over(start) if start.resume else None
         session_id = resumed.session if resumed else uuid.uuid4().hex[:12]
         sink = OutputSink(session_id, self.app.store, self.send)
@@ -117,7 +119,7 @@ class Listener:
         self.session = session
         self.app.sessions[session_id] = self
         log.info("session %s %s from %s", session_id, "resumed" if resumed else "opened", self.ws.remote_address)
-        await session.start(start, self.url_room)
+        await session.start(start, room)
 
     async def _take_over(self, start: P.Start) -> ResumeState:
         """The state of the session to resume. If its old connection still looks alive (a half-open TCP

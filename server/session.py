@@ -102,13 +102,11 @@ class Session:
         """Of the client's audio, once started: what rate limits are measured in."""
         return self._decoder.start.sample_rate * self._decoder.start.bytes_per_sample if self._decoder else None
 
-    async def start(self, start: P.Start, url_room: str | None = None) -> None:
-        """Begins (or resumes) the stream and answers `ready`; a resumed one then gets the finals it missed."""
-        if self.started:
-            raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
-                                                     "for a new stream")
+    async def start(self, start: P.Start, room: str | None = None) -> None:
+        """Begins (or resumes) the stream and answers `ready`; a resumed one then gets the finals it missed.
+        `room`: the room the adapter resolved (a resumed session keeps its own when none is given)."""
         r = self._resumed
-        room = start.room or (P.check_room(url_room) if url_room is not None else None) or (r and r.room)
+        room = room or (r and r.room)
         self._context = start.context or (r.context if r else None)
         self._decoder = AudioDecoder(start)
         position, segment, in_window = 0, 0, False
@@ -134,8 +132,6 @@ class Session:
 
     def audio(self, data: bytes) -> None:
         """One binary frame (raises ProtocolError for a bad one)."""
-        if not self.started:
-            raise P.ProtocolError(P.NOT_STARTED, 'audio before {"type":"start",...}; frame ignored')
         samples = self._decoder.decode(data)
         if self._skip:
             dropped = min(self._skip, len(samples))
@@ -143,8 +139,6 @@ class Session:
         self._dispatch(self._segmenter.push(samples))
 
     def finalize(self) -> None:
-        if not self.started:
-            raise P.ProtocolError(P.NOT_STARTED, 'send {"type":"start",...} first')
         self._dispatch(self._segmenter.finalize())
 
     async def stop(self, reason: str | None = None) -> None:

@@ -140,7 +140,7 @@ class WhisperBackend:
         texts = self._decode(encoded, prompts, caps, range(len(clips)))
         # A context can also start a repetition loop on speech ("Vaxidra, Vaxidra, Vaxidra, ..." seen with a
         # list of rare names): such a window is decoded again without its context.
-        looped = [i for i, (_, ratio) in texts.items() if len(prompts[i]) > self._bare and ratio > LOOP_RATIO]
+        looped = [i for i, (_, ratio) in texts.items() if ratio > LOOP_RATIO]  # (prompted rows only have a ratio)
         if looped:
             bare = {i: self.prompt(None) for i in looped}
             texts.update(self._decode(encoded, bare, caps, looped))
@@ -166,6 +166,7 @@ class WhisperBackend:
         return out
 
     def _text(self, result, cap: int, prompted: bool) -> tuple[str, float]:
+        """(the window's text cut at its cap, the gzip ratio of its whole output if it was prompted, else 0)."""
         ids = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
         # CTranslate2's score is the sum of log-probabilities divided by the length (length_penalty 1);
         # faster-whisper's average counts the end-of-text token too.
@@ -177,8 +178,9 @@ class WhisperBackend:
             # no-speech 0.97, average log-probability -0.12, "Okonkwo, Quetzalcoatl, Quetzalcoatl, ...").
             if prompted or avg_logprob < o.log_prob_threshold:
                 return "", 0.0
-        whole = self._tokenizer.decode(ids)
-        return self._tokenizer.decode(ids[:cap]).strip(), compression_ratio(whole)
+        # Only a prompted window is decoded again when it loops: the others need no ratio.
+        ratio = compression_ratio(self._tokenizer.decode(ids)) if prompted else 0.0
+        return self._tokenizer.decode(ids[:cap]).strip(), ratio
 
     def decode_stats(self) -> None:
         return None
