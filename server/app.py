@@ -17,12 +17,13 @@ from websockets.exceptions import ConnectionClosed
 from . import auth, http
 from . import protocol as P
 from .admission import admit
+from .cluster import Cluster
 from .config import ROOT, Config
 from .engine import Engine
 from .listen import Listener
 from .looplag import LoopLag
 from .metrics import Metrics
-from .resume import Resumable
+from .resume import Resumable, tokens_match
 from .rooms import Rooms
 from .routes import WATCH_PATH, params, route
 from .storage import TranscriptStore
@@ -45,6 +46,10 @@ class CaptionServer:
         self.resumable = Resumable(cfg.limits.resume_s)
         self.viewers: set[ServerConnection] = set()
         self.rooms = Rooms(cfg.rooms.backlog, cfg.rooms.max_rooms)
+        # With redis.url: rooms, transcripts, resume state and presence shared with the other replicas.
+        self.cluster = Cluster(cfg, self.rooms, self.release, self.resumable.forget) if cfg.redis.url else None
+        if self.cluster is not None:
+            self.rooms.on_forget = self.cluster.forget_room
         self.store = TranscriptStore(_resolve(cfg.server.data_dir))
         self.web_root = _resolve(cfg.server.web_root)
         self.vad_factory = VadFactory(cfg.segmenter)
@@ -64,6 +69,8 @@ class CaptionServer:
             tls.load_cert_chain(_resolve(s.certfile), _resolve(s.keyfile))
         self.engine.start()
         self.loop_lag.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         self._server = await serve(
             self._handle, s.host, s.port, ssl=tls, process_request=partial(route, self),
             max_size=self.cfg.limits.max_message_bytes, select_subprotocol=auth.select_subprotocol,
@@ -81,13 +88,25 @@ class CaptionServer:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.cfg.server.certfile else 'http'}://{host}:{self.port}/"
 
+    def release(self, session_id: str, token: str) -> None:
+        """Another replica resumes this session (its client reconnected there): drop the connection here, which
+        still looks alive, so that the session is flushed and held for the other replica to take."""
+        listener = self.sessions.get(session_id)
+        if listener is not None and listener.session is not None and tokens_match(listener.session.token, token):
+            log.info("session %s: resumed on another replica; dropping its old connection here", session_id)
+            listener.ws.transport.abort()
+
     async def shutdown(self) -> None:
         """Stop accepting; flush every open stream into finals (persisted and sent); close streams and viewers
-        with 1001; stop the engine and the backend. The caller bounds it all with limits.shutdown_deadline_s."""
+        with 1001 (with replicas: streams with 1012, their sessions held for resuming on another replica); stop
+        the engine and the backend. The caller bounds it all with limits.shutdown_deadline_s."""
         self.closing = True
         self._server.close(close_connections=False)
 
         async def flush(listener: Listener) -> None:
+            if self.cluster is not None:
+                await listener.drain()  # it closes with 1012 itself
+                return
             try:
                 await listener.session.stop(reason="shutdown")
             except ConnectionClosed:
@@ -105,6 +124,9 @@ class CaptionServer:
         await self.engine.close()
         self.phase = "writing the last transcript lines"
         await asyncio.to_thread(self.store.close)
+        if self.cluster is not None:
+            self.phase = "writing the last shared state to Redis"
+            await self.cluster.close(self.cfg.redis.timeout_s * 4)
         self.phase = "stopped"
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -93,6 +93,19 @@ class AuthConfig:
 
 
 @dataclass
+class RedisConfig:
+    """Several replicas sharing rooms, transcripts and resumable sessions (docs/deploy.md). Empty url: one
+    process, nothing shared, no Redis needed."""
+    url: str = ""  # e.g. redis://127.0.0.1:6379/0
+    prefix: str = "captions"  # key prefix: one Redis can serve several deployments
+    replica: str = ""  # this replica's name in Redis (presence, resume ownership); empty: host-pid-random
+    timeout_s: float = 0.5  # a Redis call taking longer counts as Redis away: a final never waits longer
+    heartbeat_s: float = 2.0  # liveness refresh; a replica silent for 3 heartbeats is dead (its speakers go)
+    transcript_max: int = 100_000  # finals kept per session and per room stream (approximate trim)
+    pending_max: int = 10_000  # finals kept to write once Redis is back; the oldest are dropped past this
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -101,6 +114,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
 
     def validate(self) -> "Config":
         s = self.segmenter
@@ -123,7 +137,8 @@ class Config:
             ("segmenter", ("partial_interval_s", "max_window_s")),
             ("limits", ("max_audio_rate", "audio_burst_s", "max_frames_per_s", "idle_timeout_s", "send_timeout_s",
                         "shutdown_deadline_s", "max_session_s", "handshake_timeout_s", "resume_s")),
-            ("engine", ("batch_timeout_s",))) for key in keys}
+            ("engine", ("batch_timeout_s",)),
+            ("redis", ("timeout_s", "heartbeat_s", "transcript_max", "pending_max"))) for key in keys}
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, not {value!r}")
@@ -131,6 +146,9 @@ class Config:
             raise ValueError("engine.max_wait_ms and the segmenter's *_ms settings must be >= 0")
         if self.backend.max_tokens_per_second < 0 or self.backend.min_new_tokens_cap < 1:
             raise ValueError("backend.max_tokens_per_second must be >= 0 and backend.min_new_tokens_cap >= 1")
+        if self.redis.url and not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis.url must be redis://HOST:PORT/DB, rediss://... or unix://PATH, "
+                             f"not {self.redis.url!r}")
         if bool(self.server.certfile) != bool(self.server.keyfile):
             raise ValueError("TLS needs both server.certfile and server.keyfile")
         for name in ("speaker_tokens", "viewer_tokens", "origins"):

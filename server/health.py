@@ -1,6 +1,11 @@
 """GET /healthz: what an operator or a load balancer needs to know about this server, as one JSON object.
 
-`status` is "ok", "stalled" (the backend is stuck: `reason` says how long; HTTP 503) or "shutting_down" (503).
+`status`, and whether a load balancer should send this replica new streams (`ready`; HTTP 503 when not):
+- "ok": ready;
+- "degraded": ready, but Redis is away (`redis` says since when and what is not shared): the replica captions its
+  own streams, so it still takes new ones;
+- "shutting_down" (draining), "stalled" (the backend is stuck: `reason` says how long) or "overloaded" (more
+  finals waiting than limits.max_queued_finals): not ready, 503.
 """
 from __future__ import annotations
 
@@ -15,14 +20,21 @@ def health(app) -> tuple[dict, int]:
         status, reason = "shutting_down", "the server is shutting down"
     elif engine.stalled:
         status, reason = "stalled", engine.stalled
-    report = {"status": status, **({"reason": reason} if reason else {}), "backend": backend.name,
+    elif engine.queued_finals >= app.cfg.limits.max_queued_finals:
+        status, reason = "overloaded", f"{engine.queued_finals} finals waiting for the engine"
+    elif app.cluster is not None and not app.cluster.up:
+        status, reason = "degraded", f"Redis is away ({app.cluster.link.error}): not shared now"
+    ready = status in ("ok", "degraded")
+    report = {"status": status, "ready": ready, **({"reason": reason} if reason else {}), "backend": backend.name,
               "model": backend.model, "sessions": len(app.sessions), "resumable": len(app.resumable),
               "viewers": len(app.viewers), "rooms": len(app.rooms), "queue_depth": engine.queue_depth,
               "queued_finals": engine.queued_finals, "rss_mb": rss_mb(), "loop_lag": app.loop_lag.snapshot(),
               "engine": dataclasses.asdict(engine.stats)}
     if (stats := backend.decode_stats()) is not None:
         report["decode"] = stats
-    return report, 200 if status == "ok" else 503
+    if app.cluster is not None:
+        report["redis"] = app.cluster.health()
+    return report, 200 if ready else 503
 
 
 def rss_mb() -> float | None:

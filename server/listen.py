@@ -14,6 +14,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import protocol as P
+from .cluster.link import FAILURES
 from .limits import TokenBucket
 from .resume import tokens_match
 from .session import ResumeState, Session
@@ -21,8 +22,9 @@ from .sink import OutputSink
 
 log = logging.getLogger(__name__)
 
-# Close codes besides the standard ones (docs/protocol.md lists them all).
-CLOSE_IDLE, CLOSE_TOO_LONG, CLOSE_RESUMED_ELSEWHERE = 4408, 4409, 4410
+# Close codes besides the standard ones (docs/protocol.md lists them all). 1012 (service restart): this replica is
+# draining; the session is flushed and held for the client to resume on another replica.
+CLOSE_IDLE, CLOSE_TOO_LONG, CLOSE_RESUMED_ELSEWHERE, CLOSE_DRAINING = 4408, 4409, 4410, 1012
 
 
 class Listener:
@@ -34,6 +36,7 @@ class Listener:
         self.session: Session | None = None
         self._lock = asyncio.Lock()  # one writer at a time keeps messages in the order the session produced them
         self.gone = asyncio.Event()  # set once a dropped session is flushed and held (a resume waits for it)
+        self.draining = False  # shutdown with replicas: the session is flushed and held, not ended
 
     async def send(self, text: str) -> None:
         async with self._lock:
@@ -113,7 +116,7 @@ class Listener:
         room = start.room or (P.check_room(self.url_room) if self.url_room is not None else None)
         resumed = await self._take_over(start) if start.resume else None
         session_id = resumed.session if resumed else uuid.uuid4().hex[:12]
-        sink = OutputSink(session_id, self.app.store, self.send)
+        sink = OutputSink(session_id, self.app.store, self.send, self.app.cluster)
         session = Session(session_id, self.app.engine, self.app.cfg.segmenter, self.app.vad_factory, sink,
                           self.app.rooms, resumed)
         self.session = session
@@ -122,8 +125,30 @@ class Listener:
         await session.start(start, room)
 
     async def _take_over(self, start: P.Start) -> ResumeState:
-        """The state of the session to resume. If its old connection still looks alive (a half-open TCP
-        connection the server has not noticed yet), that one is closed first, once the token is checked."""
+        """The state of the session to resume: with replicas, claimed in Redis (it may come from another
+        replica, live or dead: cluster/handover.py); else, or if it is this replica's own, taken here."""
+        cluster = self.app.cluster
+        if cluster is not None and cluster.up:
+            try:
+                _, state = await cluster.take(start.resume, start.resume_token)
+            except P.ProtocolError as exc:
+                # Not in Redis, but known here: made or dropped while Redis was away, its writes not out yet.
+                if exc.code != P.RESUME_UNKNOWN or not self._known_here(start.resume):
+                    raise
+            except FAILURES:
+                pass  # Redis went away meanwhile: what this replica holds is all there is
+            else:
+                if state is not None:
+                    self.app.resumable.forget(start.resume)
+                    return state
+        return await self._take_local(start)
+
+    def _known_here(self, session: str) -> bool:
+        return session in self.app.sessions or self.app.resumable.holds(session)
+
+    async def _take_local(self, start: P.Start) -> ResumeState:
+        """If the session's old connection here still looks alive (a half-open TCP connection the server has
+        not noticed yet), that one is closed first, once the token is checked."""
         old = self.app.sessions.get(start.resume)
         if old is not None and old.session is not None:
             if not tokens_match(old.session.token, start.resume_token):
@@ -132,6 +157,13 @@ class Listener:
             old.ws.transport.abort()
             await asyncio.wait_for(old.gone.wait(), self.lim.shutdown_deadline_s)
         return await self.app.resumable.take(start.resume, start.resume_token)
+
+    async def drain(self) -> None:
+        """Shutdown with replicas: the open window becomes a final (sent), then the connection closes with
+        CLOSE_DRAINING and the session is held for its client to resume on another replica."""
+        self.draining = True
+        await self.session.suspend()
+        await self.ws.close(CLOSE_DRAINING, "replica draining: resume on another replica")
 
     async def _time_out(self, too_long: bool) -> None:
         code, close_code = ("session_too_long", CLOSE_TOO_LONG) if too_long else ("idle_timeout", CLOSE_IDLE)
@@ -146,15 +178,22 @@ class Listener:
         session = self.session
         if session is None:
             return
+        cluster = self.app.cluster
         try:
-            if not session.ended:
-                self.app.resumable.dropping(ResumeState(session.id, session.token))
+            if not session.ended or self.draining:
+                if not session.ended:
+                    self.app.resumable.dropping(ResumeState(session.id, session.token))
                 try:
                     await session.detach()
                 finally:  # even if the flush was cut short (shutdown), a resume waiting for it must not hang
                     self.app.resumable.hold(session.state())
-                log.info("session %s dropped: flushed, resumable for %.0f s", session.id, self.lim.resume_s)
+                if cluster is not None:
+                    await cluster.session_held(session.state())
+                log.info("session %s %s: flushed, resumable for %.0f s", session.id,
+                         "drained" if self.draining else "dropped", self.lim.resume_s)
             else:
+                if cluster is not None:
+                    cluster.session_ended(session.id)
                 log.info("session %s closed", session.id)
         finally:
             session.close()

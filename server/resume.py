@@ -1,7 +1,7 @@
 """Dropped sessions that a client may resume, for `limits.resume_s` after the drop.
 
 A session whose connection drops without `stop` is flushed (its open window becomes a final) and then held here
-as a ResumeState: plain data, so that a shared store could hold it as well. A client that reconnects with the
+as a ResumeState: plain data, which replicas share through Redis as well (cluster/handover.py). A client that reconnects with the
 session's id and its resume token takes it back; a wrong or missing token is refused, so no client can take over
 another's session. A resume that arrives while the drop is still being flushed waits for the flush.
 """
@@ -53,6 +53,13 @@ class Resumable:
         _check(state.token, token)
         del self._held[session]
         return state
+
+    def holds(self, session: str) -> bool:
+        return session in self._held or session in self._flushing
+
+    def forget(self, session: str) -> None:
+        """Another replica took this session over (cluster/handover.py): the copy here is stale."""
+        self._held.pop(session, None)
 
     def __len__(self) -> int:
         return len(self._held)

@@ -4,6 +4,10 @@ A room keeps a bounded backlog of recent finals for late joiners and outlives it
 viewer never slows a speaker down: each viewer has its own queue, drained by its own task; when a viewer falls
 behind, its partials are skipped first, and one that falls far behind is disconnected rather than let to grow
 without bound.
+
+With replicas (server/cluster/), a room here holds this replica's viewers; captions from speakers on other
+replicas arrive through Redis and are published here like local ones. A final may then arrive twice (read from
+the room's stream and received live), so a room lets each (session, segment) through once.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from . import protocol as P
 
 MAX_QUEUED = 1000  # messages waiting for one viewer before it is dropped as too slow
 MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that viewer are skipped
+SEEN = 5000  # finals remembered per room to let each through once
 
 
 class Viewer:
@@ -46,6 +51,7 @@ class Room:
         self.backlog: deque[dict] = deque(maxlen=backlog)
         self.viewers: set[Viewer] = set()
         self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
+        self._seen: OrderedDict[tuple, None] = OrderedDict()  # (session, segment) of finals let through
 
     def join(self, viewer: Viewer) -> None:
         """The backlog first, then every caption published after: in one step (no await), so a caption published
@@ -54,10 +60,34 @@ class Room:
         self.viewers.add(viewer)
 
     def publish(self, msg: dict) -> None:
+        key = (msg.get("session"), msg["segment"])
+        if key in self._seen:
+            return  # a final let through already, or a partial of a segment whose final is out
         if msg["type"] == "final":
+            self._remember(key)
             self.backlog.append(msg)
         for viewer in self.viewers:
             viewer.offer(msg)
+
+    def merge(self, finals: list[dict]) -> None:
+        """Finals read from the room's shared stream, oldest first. Before any viewer has joined they become the
+        backlog's older part; after, the ones this room has not let through yet (missed while Redis was away)
+        are published now."""
+        fresh = [f for f in finals if (f.get("session"), f["segment"]) not in self._seen]
+        if self.viewers:
+            for final in fresh:
+                self.publish(final)
+            return
+        for final in fresh:
+            self._remember((final.get("session"), final["segment"]))
+        combined = fresh + list(self.backlog)
+        self.backlog.clear()
+        self.backlog.extend(combined)  # the deque keeps the newest `backlog` of them
+
+    def _remember(self, key: tuple) -> None:
+        self._seen[key] = None
+        if len(self._seen) > SEEN:
+            self._seen.popitem(last=False)
 
     @property
     def idle(self) -> bool:
@@ -65,10 +95,14 @@ class Room:
 
 
 class Rooms:
-    def __init__(self, backlog: int = 50, max_rooms: int = 1000):
+    def __init__(self, backlog: int = 50, max_rooms: int = 1000, on_forget: Callable[[str], None] | None = None):
         self._backlog = backlog
         self._max_rooms = max_rooms
         self._rooms: OrderedDict[str, Room] = OrderedDict()  # least recently used first
+        self.on_forget = on_forget  # called with the name of each room forgotten
+
+    def find(self, name: str) -> Room | None:
+        return self._rooms.get(name)
 
     def get(self, name: str) -> Room:
         room = self._rooms.get(name)
@@ -82,6 +116,8 @@ class Rooms:
         """Forget the least recently used idle rooms (their backlog goes with them) beyond max_rooms."""
         for name in [n for n, r in self._rooms.items() if r.idle][:max(0, len(self._rooms) - self._max_rooms)]:
             del self._rooms[name]
+            if self.on_forget is not None:
+                self.on_forget(name)
 
     def __len__(self) -> int:
         return len(self._rooms)

@@ -52,8 +52,11 @@ async def transcript(app, name: str, request, query: dict):
         return http.json_response({"error": status.phrase}, status)
     kind, _, name = name.rpartition("/")
     name, _, fmt = name.rpartition(".")
-    valid = P.SESSION_ID.fullmatch(name) if kind == "" else kind == "rooms" and P.ROOM_NAME.fullmatch(name)
-    found = valid and fmt in FORMATS and await app.store.render_async(kind or "sessions", name, fmt)
+    valid = bool(P.SESSION_ID.fullmatch(name) if kind == "" else kind == "rooms" and P.ROOM_NAME.fullmatch(name))
+    kind = kind or "sessions"
+    # With replicas, Redis has every replica's finals; the local JSONL is what this replica has if Redis is away.
+    shared = await app.cluster.finals(kind, name) if valid and app.cluster is not None else None
+    found = valid and fmt in FORMATS and await app.store.render_async(kind, name, fmt, shared)
     if not found:
         return http.not_found(request.path)
     body, ctype = found

@@ -27,6 +27,7 @@ class Window:
     start: int  # first sample, stream index
     audio: np.ndarray
     final: bool
+    continued: bool = False  # a final cut at the cap mid-speech: the next window starts at its end
 
     @property
     def end(self) -> int:
@@ -130,7 +131,7 @@ class Segmenter:
             n = len(tail) // CUT_FRAME
             energy = np.square(tail[len(tail) - n * CUT_FRAME:].reshape(n, CUT_FRAME)).mean(axis=1)
             cut = len(audio) - n * CUT_FRAME + int(np.argmin(energy)) * CUT_FRAME + CUT_FRAME // 2
-            events.append(self._close(self._buf_start + cut, audio))
+            events.append(self._close(self._buf_start + cut, audio, continued=True))
             # The rest starts the next window at exactly the cut sample (where _close left _buf_start).
             self._append(audio[cut:])
             self._open = True
@@ -148,9 +149,10 @@ class Segmenter:
         self._silence_run = 0
         self._since_partial = self._buf_len
 
-    def _close(self, end: int, audio: np.ndarray | None = None) -> Window:
+    def _close(self, end: int, audio: np.ndarray | None = None, continued: bool = False) -> Window:
         audio = self._audio() if audio is None else audio
-        window = Window(self._segment, self._buf_start, audio[:end - self._buf_start].copy(), final=True)
+        window = Window(self._segment, self._buf_start, audio[:end - self._buf_start].copy(), final=True,
+                        continued=continued)
         self._segment += 1
         self._floor = end
         self._open = False

@@ -116,6 +116,7 @@ class Session:
             self._skip = max(0, r.covered - offset)
             position, segment, in_window = max(r.covered, offset), r.next_segment, r.cut_open and offset <= r.covered
         self._segmenter = Segmenter(self._seg_cfg, self._vad_factory(), position, segment, in_window)
+        self._cut_open = in_window  # until a flush says otherwise: what a resume would begin inside
         self._final_sender = asyncio.create_task(self._send_finals(), name=f"finals-{self.id}")
         extra = {"resume_token": self.token}
         if room is not None and self._rooms is not None:
@@ -124,6 +125,7 @@ class Session:
         if r is not None:
             extra.update(resumed=True, position=seconds(position))
         backend = self._engine.backend
+        await self.sink.started(self.state())  # resumable (on any replica) before the client knows it is
         await self.sink.to_client(P.ready(self.id, backend.name, backend.model, backend.reason, **extra))
         if r is not None:
             for final in self._recent:
@@ -149,6 +151,12 @@ class Session:
         await self._flush()
         await self.sink.to_client(P.end(**({"reason": reason} if reason else {})))
 
+    async def suspend(self) -> None:
+        """Flushes like `stop`, finals still sent, but without `end`: the replica is draining and the client
+        resumes the session on another one (`state()` is what it resumes)."""
+        if not self.ended:
+            await self._flush()
+
     async def detach(self) -> None:
         """The client is gone without `stop`: its open window still becomes a final, persisted and published;
         nothing more is sent to it. Returns once every final is through; `state()` then resumes it."""
@@ -162,17 +170,24 @@ class Session:
         self.sink.leave()
 
     def state(self) -> ResumeState:
+        return ResumeState(self.id, self.token, *self._room_and_speaker(), self._context, self._open_segment,
+                           self._covered, self._cut_open, list(self._recent))
+
+    def _room_and_speaker(self) -> tuple[str | None, str | None]:
         room = self.sink.room
-        return ResumeState(self.id, self.token, room and room.name, self.sink.speaker if room else None,
-                           self._context, self._open_segment, self._covered, self._cut_open, list(self._recent))
+        return (room.name, self.sink.speaker) if room else (None, None)
 
     async def _flush(self) -> None:
-        self.ended = True
-        if self.started:
-            self._cut_open = self._segmenter.in_window
-            tail = self._decoder.flush()
-            self._dispatch(self._segmenter.push(tail[min(self._skip, len(tail)):]) + self._segmenter.finalize())
-            self._finals.put_nowait(None)
+        """Every open window becomes a final; returns once all finals are through. A second call (a drop during
+        a drain or a stop) waits for the same finals."""
+        if not self.ended:
+            self.ended = True
+            if self.started:
+                self._cut_open = self._segmenter.in_window
+                tail = self._decoder.flush()
+                self._dispatch(self._segmenter.push(tail[min(self._skip, len(tail)):]) + self._segmenter.finalize())
+                self._finals.put_nowait(None)
+        if self._final_sender is not None:
             await self._final_sender
         await asyncio.gather(*self._partial_tasks, return_exceptions=True)
 
@@ -216,6 +231,10 @@ class Session:
                                                                    f"transcribed: {exc}", segment=w.segment))
                 text = ""
             final = P.caption("final", w.segment, seconds(w.start), seconds(w.end), text)
-            await self.sink.final(final)
             self._recent.append(final)
             self._covered = w.end
+            # What a replica resuming this session needs once the client has this final (finals excluded: they
+            # are in the shared transcript): numbering and coverage go on from it.
+            live = ResumeState(self.id, self.token, *self._room_and_speaker(), self._context, w.segment + 1, w.end,
+                               w.continued)
+            await self.sink.final(final, live)

@@ -30,8 +30,9 @@ class TranscriptStore:
         """Appends one final (durably) off the event loop; returns once it is on disk."""
         await asyncio.get_running_loop().run_in_executor(self._writer, self.append, session_id, room, final)
 
-    async def render_async(self, kind: str, name: str, fmt: str) -> tuple[str, str] | None:
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self.render, kind, name, fmt)
+    async def render_async(self, kind: str, name: str, fmt: str,
+                           finals: list[dict] | None = None) -> tuple[str, str] | None:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.render, kind, name, fmt, finals)
 
     def close(self) -> None:
         """Waits for the appends already handed over (they are short), then lets the threads go."""
@@ -40,7 +41,7 @@ class TranscriptStore:
 
     def append(self, session_id: str, room: str | None, final: dict) -> None:
         """One final, written and fsynced (blocking: called through save())."""
-        line = json.dumps({**final, "session": session_id, "time": time.time()}, ensure_ascii=False) + "\n"
+        line = json.dumps(record(session_id, final), ensure_ascii=False) + "\n"
         paths = [self.root / "sessions" / f"{session_id}.jsonl"]
         if room is not None:
             paths.append(self.root / "rooms" / f"{room}.jsonl")
@@ -63,12 +64,18 @@ class TranscriptStore:
                 continue  # a line torn by a crash mid-write: keep every whole one
         return finals
 
-    def render(self, kind: str, name: str, fmt: str) -> tuple[str, str] | None:
-        """(body, content type) of a transcript in one of FORMATS, or None."""
-        finals = self.finals(kind, name)
+    def render(self, kind: str, name: str, fmt: str, finals: list[dict] | None = None) -> tuple[str, str] | None:
+        """(body, content type) of a transcript in one of FORMATS (its finals: given, or read from disk), or
+        None."""
+        finals = self.finals(kind, name) if finals is None else finals
         if finals is None or fmt not in FORMATS:
             return None
         if fmt == "json":
             return json.dumps({kind[:-1]: name, "finals": finals}, ensure_ascii=False), "application/json"
         ctype = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}[fmt]
         return WRITERS["." + fmt](finals), ctype + "; charset=utf-8"
+
+
+def record(session_id: str, final: dict) -> dict:
+    """A final as transcripts keep it (the local JSONL and, with replicas, Redis): with its session and the time."""
+    return {**final, "session": session_id, "time": time.time()}

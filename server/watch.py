@@ -1,4 +1,5 @@
-"""`/v1/watch?room=NAME`: a viewer gets the room's backlog of finals, then its live partials and finals."""
+"""`/v1/watch?room=NAME`: a viewer gets the room's backlog of finals, then its live partials and finals (with
+replicas: of the room's speakers on every replica)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,14 @@ async def watch(app, ws: ServerConnection, room_name: str | None) -> None:
         await ws.send(P.error(exc.code, exc.message))
         await ws.close(1008, "bad room name")
         return
+    speakers = set(room.speakers.values())
+    if app.cluster is not None:
+        # The room's subscription and its backlog from Redis, then every replica's speakers (bounded; Redis
+        # away: this replica's own only).
+        await app.cluster.open_room(room.name)
+        speakers |= set(await app.cluster.speakers(room.name) or ())
     await ws.send(P.dump({"type": "watching", "protocol": P.PROTOCOL_VERSION, "room": room.name,
-                          "speakers": sorted(set(room.speakers.values()))}))
+                          "speakers": sorted(speakers)}))
     viewer = Viewer(ws.send)
     room.join(viewer)  # the backlog and every later caption, with no await in between: none can fall in a gap
     app.viewers.add(ws)

@@ -278,7 +278,7 @@ async def test_a_joining_viewer_misses_no_final_even_when_its_sends_yield():
     from server.watch import watch
 
     class App:
-        rooms, viewers = Rooms(backlog=10_000), set()
+        rooms, viewers, cluster = Rooms(backlog=10_000), set(), None
 
     rng = random.Random(11)
     room = App.rooms.get("race")

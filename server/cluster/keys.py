@@ -1,0 +1,57 @@
+"""Every Redis key and channel the replicas share, in one place (docs/deploy.md lists them), and the two small
+Lua scripts that make shared writes safe to repeat or to race.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Appends a final to a transcript stream unless that session's segment is there already: a batch written again
+# after a lost reply, or a final made again by a resumed session, never doubles a line.
+# KEYS: stream, hash of the last segment per session. ARGV: session, segment, maxlen, final (JSON).
+APPEND_FINAL = """
+local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) <= last then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'final', ARGV[4])
+return 1
+"""
+
+# Takes over a resumable session: sets the new record only if the key still holds what the taker read, so that
+# two reconnects racing for one session cannot both resume it. KEYS: resume key. ARGV: expected, new, ttl (ms).
+CLAIM = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    def finals(self, kind: str, name: str) -> str:
+        """The transcript stream of a session (kind "sessions") or a room ("rooms")."""
+        return f"{self.prefix}:finals:{kind}:{name}"
+
+    def last_segments(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:finals-last:{kind}:{name}"
+
+    def room_channel(self, room: str) -> str:
+        return f"{self.prefix}:room:{room}"
+
+    def room_of_channel(self, channel: str) -> str | None:
+        head = f"{self.prefix}:room:"
+        return channel[len(head):] if channel.startswith(head) else None
+
+    def control(self, replica: str) -> str:
+        """A replica's own channel: other replicas ask it to release a session there."""
+        return f"{self.prefix}:control:{replica}"
+
+    def resume(self, session: str) -> str:
+        return f"{self.prefix}:resume:{session}"
+
+    def alive(self, replica: str) -> str:
+        return f"{self.prefix}:replica:{replica}"
+
+    def speakers(self, room: str) -> str:
+        return f"{self.prefix}:speakers:{room}"
