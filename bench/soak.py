@@ -4,6 +4,11 @@ Each client's audio is short utterances and pauses. Checks what users judge us o
 its final (none lost, none doubled), no client sees an error, and the server's memory stays flat after warm-up. Without `--url` it starts its own server (tiny
 random-weight SALM by default, or the Whisper CPU backend) on a free loopback port.
 
+With `--replicas N` it starts a cluster instead (bench.cluster: Redis, N replicas of that server, nginx in front
+balancing by least connections) and every client goes through nginx: a client that drops reconnects through nginx
+and may land on another replica, so its resume must work across replicas. The report adds each replica's share of
+the sessions, Redis commands per final (in all and per command), and the server block per replica.
+
 With `--drop-share S`, that share of the clients drops its TCP connection abruptly (no close handshake) once, at a
 random moment while it is sending speech (a window is open), reconnects after a short outage with `resume` from
 the end of the last final it received, resends its audio from there (the backlog at once, then real time) and goes
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -45,8 +51,9 @@ from server.config import SegmenterConfig, load_config
 from server.segmenter import Segmenter
 from server.vad import make_vad
 
+from .cluster import cluster, redis_ops_between, redis_usage
 from .clips import FRAME as SPEECH_FRAME, load_16k, speech_mask
-from .server import ROOT, health, run_server
+from .server import ROOT, engine_counters, health, run_server
 
 RATE = 16000
 # Short single utterances (no inner pause longer than the VAD hangover): each gives one window, one final.
@@ -287,21 +294,28 @@ async def ping_while(url: str, rtts: list[float], stop: asyncio.Event) -> None:
 
 
 async def soak(url: str, clients: int, seconds: float, drop_share: float = 0.0, seed: int = 0,
-               segmenter: SegmenterConfig | None = None) -> dict:
-    """`segmenter`: the server's settings (default: configs/default.yaml's), for the windows its finals must cover."""
+               segmenter: SegmenterConfig | None = None, replicas: list | None = None,
+               redis_url: str | None = None) -> dict:
+    """`segmenter`: the server's settings (default: configs/default.yaml's), for the windows its finals must cover.
+    `replicas` (bench.cluster.Replica: name, direct url, log_path): the servers behind `url` when it is a
+    balancer, each watched and reported on its own; `redis_url`: the Redis they share, its commands counted."""
     cfg = segmenter or load_config().segmenter
     for first in range(min(clients, len(UTTERANCES))):
         stream = speech_and_pauses(seconds, first)
         stream.windows, stream.vad_frame = reference_windows(stream.audio, cfg), make_vad(cfg).frame_samples
-    rss: list[tuple[float, float]] = []
+    # Memory is a process's: behind a balancer, each replica is asked at its own address.
+    watched = {r.name: r.url for r in replicas} if replicas else {"server": url}
+    rss: dict[str, list[float | None]] = {name: [] for name in watched}
     rtts: list[float] = []
+    before = cluster_counters(replicas, redis_url) if replicas else None
     done = asyncio.Event()
     pinger = asyncio.create_task(ping_while(url, rtts, done))
     t0 = time.monotonic()
 
     async def sample_memory() -> None:
         while True:
-            rss.append((time.monotonic() - t0, (await asyncio.to_thread(health, url))["rss_mb"]))
+            for name, server_url in watched.items():
+                rss[name].append((await asyncio.to_thread(health, server_url))["rss_mb"])
             await asyncio.sleep(2.0)
 
     sampler = asyncio.create_task(sample_memory())
@@ -318,11 +332,8 @@ async def soak(url: str, clients: int, seconds: float, drop_share: float = 0.0, 
     crashed = [repr(r) for r in results if isinstance(r, BaseException)]
     ok = [r for r in results if isinstance(r, dict)]
     lat = np.array([x for r in ok for x in r["final_latencies"]] or [np.nan])
-    # Flat memory: compare the mean of the last third of the run with the mean of its middle third.
-    mem = [m for t, m in rss if m is not None]
-    third = max(1, len(mem) // 3)
     total = lambda key: sum(r[key] for r in ok)  # noqa: E731
-    return {
+    report = {
         "clients": clients, "seconds": seconds, "wall_s": round(wall, 1), "drop_share": drop_share,
         "utterances": total("utterances"), "finals_expected": total("finals_expected"), "finals": total("finals"),
         "final_messages": total("final_messages"), "resent_finals": total("resent"),
@@ -347,12 +358,68 @@ async def soak(url: str, clients: int, seconds: float, drop_share: float = 0.0, 
         "final_latency_p95": round(float(np.nanpercentile(lat, 95)), 3),
         "ping_rtt_ms_p50": round(float(np.percentile(rtts, 50)), 1),
         "ping_rtt_ms_p95": round(float(np.percentile(rtts, 95)), 1), "ping_rtt_ms_max": round(max(rtts), 1),
-        "rss_mb_warm": round(float(np.mean(mem[third:2 * third])), 1) if mem else None,
-        "rss_mb_end": round(float(np.mean(mem[-third:])), 1) if mem else None,
-        "rss_mb_samples": mem,
-        # The server's own measure of a blocked loop, apart from what the bystander's ping picks up on this side.
-        "server": {k: v for k, v in health(url).items() if k in ("backend", "model", "engine", "loop_lag")},
     }
+    if not replicas:
+        # The server's own measure of a blocked loop, apart from what the bystander's ping picks up on this side.
+        return {**report, **memory_report(rss["server"]), "server": server_summary(url)}
+    # A cluster: memory summed over the replicas at each sample (each replica's own in its server block).
+    summed = [round(sum(tick), 1) if None not in tick else None for tick in zip(*rss.values())]
+    return {**report, **memory_report(summed),
+            "server": {r.name: {**server_summary(r.url), **memory_report(rss[r.name])} for r in replicas},
+            **cluster_report(replicas, redis_url, before, report["finals"])}
+
+
+def server_summary(url: str) -> dict:
+    return {k: v for k, v in health(url).items() if k in ("backend", "model", "engine", "loop_lag")}
+
+
+def memory_report(samples: list[float | None]) -> dict:
+    """Flat memory: the mean of the last third of the run against the mean of its middle third (MB)."""
+    mem = [m for m in samples if m is not None]
+    third = max(1, len(mem) // 3)
+    return {"rss_mb_warm": round(float(np.mean(mem[third:2 * third])), 1) if mem else None,
+            "rss_mb_end": round(float(np.mean(mem[-third:])), 1) if mem else None, "rss_mb_samples": mem}
+
+
+# Each replica logs one of these lines for every stream it starts (server/listen.py): its share of the sessions.
+SESSION_LINE = re.compile(r"session \w+ (opened|resumed) from")
+
+
+def cluster_counters(replicas: list, redis_url: str | None) -> dict:
+    """What the cluster has counted before the soak (a cluster given to soak() may have served before)."""
+    return {"engine": {r.name: engine_counters(r.url) for r in replicas},
+            "log_size": {r.name: r.log_path.stat().st_size for r in replicas},
+            "redis": redis_usage(redis_url) if redis_url else None}
+
+
+def sessions_in_log(log_path: Path, since: int) -> dict:
+    """Streams a replica started after byte `since` of its log: {"opened": n, "resumed": n}."""
+    with open(log_path, "rb") as f:
+        f.seek(since)
+        kinds = [m.group(1) for m in SESSION_LINE.finditer(f.read().decode(errors="replace"))]
+    return {"opened": kinds.count("opened"), "resumed": kinds.count("resumed")}
+
+
+def cluster_report(replicas: list, redis_url: str | None, before: dict, finals: int) -> dict:
+    """Where the sessions went (each replica's log: sessions opened and resumed there; its engine: windows and
+    audio seconds), and how many Redis commands the cluster ran per final (heartbeats included: Redis's own
+    count, not the replicas' idea of it)."""
+    sessions = {r.name: sessions_in_log(r.log_path, before["log_size"][r.name]) for r in replicas}
+    started = sum(s["opened"] + s["resumed"] for s in sessions.values())
+    share = {}
+    for r in replicas:
+        engine, was = engine_counters(r.url), before["engine"][r.name]
+        n = sessions[r.name]["opened"] + sessions[r.name]["resumed"]
+        share[r.name] = {**sessions[r.name], "share": round(n / started, 3) if started else None,
+                         "windows": engine["windows"] - was["windows"],
+                         "audio_s": round(engine["audio_seconds"] - was["audio_seconds"], 1)}
+    report = {"replicas": len(replicas), "replica_sessions": share}
+    if redis_url:
+        ops, by_command = redis_ops_between(before["redis"], redis_usage(redis_url))
+        per_final = lambda n: round(n / finals, 2) if finals else None  # noqa: E731
+        report.update(redis_ops=ops, redis_ops_per_final=per_final(ops),
+                      redis_ops_per_final_by_command={k: per_final(n) for k, n in by_command.items()})
+    return report
 
 
 def passed(report: dict) -> bool:
@@ -364,6 +431,7 @@ def passed(report: dict) -> bool:
 
 
 def markdown(r: dict) -> str:
+    servers = list(r["server"].values()) if "replicas" in r else [r["server"]]  # a cluster's: one per replica
     rows = [("clients", r["clients"]), ("seconds of audio per client", r["seconds"]), ("wall time (s)", r["wall_s"]),
             ("clients dropped / resumed / resume failures",
              f"{r['drops']} / {r['resumes']} / {len(r['resume_failures'])}"),
@@ -382,11 +450,38 @@ def markdown(r: dict) -> str:
             ("final latency p50 / p95 (s)", f"{r['final_latency_p50']} / {r['final_latency_p95']}"),
             ("ping round trip p50 / p95 / max (ms)",
              f"{r['ping_rtt_ms_p50']} / {r['ping_rtt_ms_p95']} / {r['ping_rtt_ms_max']}"),
-            ("server event-loop lag max / times over 250 ms",
-             f"{r['server']['loop_lag']['max_ms']} ms / {r['server']['loop_lag']['over_250ms']}"),
-            ("server RSS after warm-up / at end (MB)", f"{r['rss_mb_warm']} / {r['rss_mb_end']}"),
-            ("backend", r["server"]["backend"])]
+            ("server event-loop lag max / times over 250 ms" + (" (worst replica / all)" if "replicas" in r else ""),
+             f"{max(s['loop_lag']['max_ms'] for s in servers)} ms / "
+             f"{sum(s['loop_lag']['over_250ms'] for s in servers)}"),
+            ("server RSS after warm-up / at end (MB)" + (", all replicas" if "replicas" in r else ""),
+             f"{r['rss_mb_warm']} / {r['rss_mb_end']}"),
+            ("backend", servers[0]["backend"])]
+    if "replicas" in r:
+        rows += cluster_rows(r)
     return "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def cluster_rows(r: dict) -> list[tuple[str, object]]:
+    rows = [("replicas", r["replicas"]),
+            ("sessions per replica: opened + resumed (share; windows)",
+             ", ".join(f"{name} {s['opened']} + {s['resumed']} ({s['share']}; {s['windows']})"
+                       for name, s in r["replica_sessions"].items()))]
+    if "redis_ops" in r:
+        top = sorted(r["redis_ops_per_final_by_command"].items(), key=lambda kv: -kv[1])
+        rows += [("Redis commands per final (heartbeats included)", f"{r['redis_ops_per_final']} "
+                  f"({r['redis_ops']} in all" + "".join(f"; {k} {v}" for k, v in top) + ")")]
+    return rows
+
+
+def backend_args(backend: str, model: str | None, workdir: Path) -> list[str]:
+    """The server flags for the soak's backend: the tiny random-weight SALM (`model`, or a fresh checkpoint
+    written to `workdir`) on the CPU, or the Whisper CPU default. bench.cluster's CLI starts its replicas so too."""
+    if backend == "whisper":
+        return ["--backend", "whisper"]
+    from server.tiny_model import write_tiny_checkpoint
+
+    model = model or write_tiny_checkpoint(Path(workdir) / "tiny-salm")
+    return ["--backend", "salm", "--model", str(model), "--device", "cpu"]
 
 
 def main(argv=None) -> int:
@@ -397,6 +492,8 @@ def main(argv=None) -> int:
                    help="share of the clients that drop their connection once mid-speech and resume (default 0)")
     p.add_argument("--seed", type=int, default=0, help="picks who drops, where, and the start delays")
     p.add_argument("--url", help="an already running server's /v1/listen (default: start one here)")
+    p.add_argument("--replicas", type=int, help="start N replicas sharing a Redis behind nginx (bench.cluster) "
+                                                "instead of one server, all clients through nginx")
     p.add_argument("--backend", choices=["tiny-salm", "whisper"], default="tiny-salm")
     p.add_argument("--model", help="an existing tiny SALM checkpoint directory (default: write a fresh one)")
     p.add_argument("--json", type=Path, help="write the report here")
@@ -405,6 +502,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0 <= args.drop_share <= 1:
         p.error("--drop-share must be between 0 and 1")
+    if args.replicas is not None and (args.replicas < 1 or args.url):
+        p.error("--replicas takes N >= 1, and starts its own cluster: not with --url")
 
     try:
         overrides = dict(item.split("=", 1) for item in args.set)
@@ -412,25 +511,26 @@ def main(argv=None) -> int:
         p.error("--set takes KEY=VALUE")
     segmenter = load_config(None, overrides).segmenter  # what the server started here runs with (--url: defaults)
 
-    async def run(url: str) -> dict:
-        return await soak(url, args.clients, args.seconds, args.drop_share, args.seed, segmenter)
+    async def run(url: str, replicas: list | None = None, redis_url: str | None = None) -> dict:
+        return await soak(url, args.clients, args.seconds, args.drop_share, args.seed, segmenter, replicas,
+                          redis_url)
 
     if args.url:
         report = asyncio.run(run(args.url))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            server_args = ["--data-dir", f"{tmp}/data", "--set", f"limits.max_connections_per_ip={args.clients + 10}"]
-            if args.backend == "tiny-salm":
-                from server.tiny_model import write_tiny_checkpoint
-
-                model = args.model or write_tiny_checkpoint(Path(tmp) / "tiny-salm")
-                server_args += ["--backend", "salm", "--model", str(model), "--device", "cpu"]
-            else:
-                server_args += ["--backend", "whisper"]
+            # All clients come from 127.0.0.1 (through nginx too: the replicas see nginx's address).
+            server_args = ["--set", f"limits.max_connections_per_ip={args.clients + 10}",
+                           *backend_args(args.backend, args.model, Path(tmp))]
             for item in args.set:
                 server_args += ["--set", item]
-            with run_server(*server_args, log_path=Path(tmp) / "server.log") as url:
-                report = asyncio.run(run(url))
+            if args.replicas:
+                # Each replica gets its own data dir there; clients go through nginx.
+                with cluster(args.replicas, Path(tmp) / "cluster", tuple(server_args)) as c:
+                    report = asyncio.run(run(c.url, c.replicas, c.redis_url))
+            else:
+                with run_server("--data-dir", f"{tmp}/data", *server_args, log_path=Path(tmp) / "server.log") as url:
+                    report = asyncio.run(run(url))
     print(markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
