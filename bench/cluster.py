@@ -333,7 +333,10 @@ def start_replicas(stack: ExitStack, n: int, workdir: Path, server_args: tuple[s
     be stopped. If one fails to start, the others are stopped and the error raised."""
     names = [f"replica{i}" for i in range(n)]
     managers = [server_process(*server_args, "--data-dir", str(workdir / name), "--set", f"redis.url={redis_url}",
-                               "--set", f"redis.replica={name}", log_path=workdir / f"{name}.log", timeout=timeout)
+                               "--set", f"redis.replica={name}",
+                               # nginx is on loopback: its X-Forwarded-For names the client (per-address limits)
+                               "--set", "server.trusted_proxies=127.0.0.1",
+                               log_path=workdir / f"{name}.log", timeout=timeout)
                 for name in names]
     # A generator context manager is entered here in a worker thread and left later by the stack: nothing in
     # server_process depends on the thread. Each is on the stack before it has started, so that an interrupt

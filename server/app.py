@@ -133,7 +133,8 @@ class CaptionServer:
         path, query = http.split_path(ws.request)
         query = params(query)
         action = auth.WATCH if path == WATCH_PATH else auth.SPEAK
-        ip = ws.remote_address[0] if ws.remote_address else "?"
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        ip = http.client_ip(peer, ws.request.headers, self.cfg.server.trusted_proxies)
         refusal = admit(self.cfg, self.engine, self._per_ip, self.closing, ip, action,
                         auth.token_from(ws.request.headers, query))
         if refusal:

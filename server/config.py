@@ -21,6 +21,9 @@ class ServerConfig:
     data_dir: str = "data"  # transcripts (JSONL per session and per room); relative to the repository root
     certfile: str = ""  # TLS: serve wss:// and https:// when both are set
     keyfile: str = ""
+    # Proxies (nginx) whose X-Forwarded-For names the client: per-address limits then count clients, not the
+    # proxy. Peers not listed are taken at their word: their own address.
+    trusted_proxies: list = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +105,7 @@ class RedisConfig:
     timeout_s: float = 0.5  # a Redis call taking longer counts as Redis away: a final never waits longer
     heartbeat_s: float = 2.0  # liveness refresh; a replica silent for 3 heartbeats is dead (its speakers go)
     transcript_max: int = 100_000  # finals kept per session and per room stream (approximate trim)
+    transcript_ttl_s: float = 7 * 86400.0  # a transcript in Redis lives this long after its last final; 0: forever
     pending_max: int = 10_000  # finals kept to write once Redis is back; the oldest are dropped past this
 
 
@@ -151,6 +155,8 @@ class Config:
                              f"not {self.redis.url!r}")
         if bool(self.server.certfile) != bool(self.server.keyfile):
             raise ValueError("TLS needs both server.certfile and server.keyfile")
+        if not all(isinstance(v, str) and v for v in self.server.trusted_proxies):
+            raise ValueError("server.trusted_proxies must be a list of IP addresses")
         for name in ("speaker_tokens", "viewer_tokens", "origins"):
             if not all(isinstance(v, str) and v for v in getattr(self.auth, name)):
                 raise ValueError(f"auth.{name} must be a list of non-empty strings")

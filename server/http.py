@@ -46,3 +46,16 @@ def static_file(web_root: Path, path: str) -> Response:
 def split_path(request: Request) -> tuple[str, str]:
     path, _, query = request.path.partition("?")
     return path, query
+
+
+def client_ip(peer: str, headers: Headers, trusted_proxies: list[str]) -> str:
+    """Who the client is: the peer, or, when the peer is a trusted proxy, the nearest address in its
+    X-Forwarded-For that is not a trusted proxy itself (the rightmost one: a client can write anything to the
+    left of it)."""
+    if peer not in trusted_proxies:
+        return peer
+    hops = [h.strip() for h in ",".join(headers.get_all("X-Forwarded-For")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted_proxies:
+            return hop
+    return peer

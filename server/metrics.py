@@ -36,10 +36,16 @@ class _ServerState(Collector):
             ("queue_depth", "windows waiting for the model", h["queue_depth"]),
             ("queued_finals", "finals waiting for the model", h["queued_finals"]),
             ("resumable", "dropped sessions that can still be resumed", h["resumable"]),
-            ("up", "1 while serving, 0 while shutting down or stalled", int(h["status"] == "ok")),
+            ("up", "1 while taking new streams (ok or degraded), 0 while shutting down, stalled or overloaded",
+             int(h["ready"])),
             ("stalled", "1 while the backend is stuck in a batch", int(h["status"] == "stalled")),
         ]:
             yield GaugeMetricFamily(f"captions_{name}", doc, value=value)
+        if "redis" in h:
+            yield GaugeMetricFamily("captions_redis_up", "1 while Redis answers (replicas share state)",
+                                    value=int(h["redis"]["up"]))
+            yield GaugeMetricFamily("captions_redis_pending_writes", "writes kept for Redis while it is away",
+                                    value=h["redis"]["pending_writes"])
         if h["rss_mb"] is not None:
             yield GaugeMetricFamily("captions_resident_memory_bytes", "server RSS", value=h["rss_mb"] * 2**20)
         lag = h["loop_lag"]

@@ -103,7 +103,7 @@ class Cluster:
     def _append_final(self, pipe, kind: str, name: str, session: str, segment: int, line: str) -> None:
         # EVAL, not EVALSHA: a restarted Redis has forgotten its scripts, and this one is short.
         pipe.eval(APPEND_FINAL, 2, self._keys.finals(kind, name), self._keys.last_segments(kind, name),
-                  session, segment, self._cfg.transcript_max, line)
+                  session, segment, self._cfg.transcript_max, line, int(self._cfg.transcript_ttl_s * 1000))
 
     async def finals(self, kind: str, name: str) -> list[dict] | None:
         """A transcript from Redis, or None (Redis away, or nothing there: the caller reads the local JSONL)."""

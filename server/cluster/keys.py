@@ -7,12 +7,17 @@ from dataclasses import dataclass
 
 # Appends a final to a transcript stream unless that session's segment is there already: a batch written again
 # after a lost reply, or a final made again by a resumed session, never doubles a line.
-# KEYS: stream, hash of the last segment per session. ARGV: session, segment, maxlen, final (JSON).
+# Both keys then live `ttl` ms after the last append (0: until deleted).
+# KEYS: stream, hash of the last segment per session. ARGV: session, segment, maxlen, final (JSON), ttl (ms).
 APPEND_FINAL = """
 local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
 if tonumber(ARGV[2]) <= last then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'final', ARGV[4])
+if tonumber(ARGV[5]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
 return 1
 """
 

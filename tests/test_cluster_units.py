@@ -1,0 +1,60 @@
+"""The pieces of sharing that need no Redis: rooms letting each final through once (a final can arrive both from
+the room's stream and live), the client's address behind a trusted proxy, and what /healthz and the logs show of
+a Redis URL."""
+from websockets.datastructures import Headers
+
+from server.cluster.link import redact
+from server.http import client_ip
+from server.rooms import Room, Viewer
+
+
+def final(segment: int, session: str = "s1", text: str = "x") -> dict:
+    return {"type": "final", "segment": segment, "start": 0.0, "end": 1.0, "text": text, "session": session}
+
+
+def test_a_room_lets_each_final_through_once_and_drops_partials_of_finished_segments():
+    room = Room("r", backlog=10)
+    got = []
+    viewer = Viewer(send=None)
+    viewer.offer = got.append
+    room.viewers.add(viewer)
+    room.publish(final(0))
+    room.publish(final(0))  # the same final again (stream read + live message)
+    room.publish({"type": "partial", "segment": 0, "text": "late", "session": "s1"})  # its final is out
+    room.publish(final(0, session="s2"))  # another session's segment 0 is another final
+    room.publish({"type": "partial", "segment": 1, "text": "live", "session": "s1"})
+    assert [(m["type"], m["session"], m["segment"]) for m in got] == [
+        ("final", "s1", 0), ("final", "s2", 0), ("partial", "s1", 1)]
+    assert len(room.backlog) == 2
+
+
+def test_merging_the_shared_backlog_before_viewers_keeps_order_and_bound():
+    room = Room("r", backlog=3)
+    room.publish(final(5))  # this replica's own speaker, before the room's stream was read
+    room.merge([final(2), final(3), final(4), final(5)])  # the stream's tail, oldest first; 5 is known
+    assert [m["segment"] for m in room.backlog] == [3, 4, 5]  # the newest 3, in order, 5 once
+
+
+def test_merging_after_viewers_joined_publishes_only_what_they_missed():
+    room = Room("r", backlog=10)
+    got = []
+    viewer = Viewer(send=None)
+    viewer.offer = got.append
+    room.viewers.add(viewer)
+    room.publish(final(0))
+    room.merge([final(0), final(1), final(2)])  # after Redis came back: 1 and 2 were missed meanwhile
+    assert [m["segment"] for m in got] == [0, 1, 2]
+
+
+def test_the_client_address_behind_a_trusted_proxy():
+    headers = Headers([("X-Forwarded-For", "203.0.113.9, 198.51.100.7")])
+    assert client_ip("127.0.0.1", headers, ["127.0.0.1"]) == "198.51.100.7"  # the hop nginx saw
+    assert client_ip("127.0.0.1", headers, ["127.0.0.1", "198.51.100.7"]) == "203.0.113.9"
+    assert client_ip("10.0.0.5", headers, ["127.0.0.1"]) == "10.0.0.5"  # not a proxy we trust: its own address
+    assert client_ip("127.0.0.1", Headers(), ["127.0.0.1"]) == "127.0.0.1"
+
+
+def test_a_redis_password_never_reaches_logs_or_healthz():
+    assert redact("redis://:s3cret@redis.internal:6379/0") == "redis://:***@redis.internal:6379/0"
+    assert redact("redis://app:s3cret@redis.internal:6379/0") == "redis://app:***@redis.internal:6379/0"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
