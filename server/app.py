@@ -94,7 +94,9 @@ class CaptionServer:
         listener = self.sessions.get(session_id)
         if listener is not None and listener.session is not None and tokens_match(listener.session.token, token):
             log.info("session %s: resumed on another replica; dropping its old connection here", session_id)
-            listener.ws.transport.abort()
+            listener.ws.transport.abort()  # its flush ends in the record marked held
+        elif listener is None and not self.resumable.holds(session_id):
+            self.cluster.disown(session_id)  # not here (a restart under the same name): nothing to wait for
 
     async def shutdown(self) -> None:
         """Stop accepting; flush every open stream into finals (persisted and sent); close streams and viewers

@@ -130,7 +130,7 @@ class Listener:
         cluster = self.app.cluster
         if cluster is not None and cluster.up:
             try:
-                _, state = await cluster.take(start.resume, start.resume_token)
+                _, state = await cluster.take(start.resume, start.resume_token, self._known_here)
             except P.ProtocolError as exc:
                 # Not in Redis, but known here: made or dropped while Redis was away, its writes not out yet.
                 if exc.code != P.RESUME_UNKNOWN or not self._known_here(start.resume):

@@ -12,17 +12,16 @@ import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
 from bench.cluster import cluster as start_cluster
 from bench.server import health
-from client.mic import AudioFeed, Backlog, CaptionLink
+from client.mic import CaptionLink
 from client.stream import stream_audio
 
 from .helpers import RATE, http_base, join_with_silence, wer
-from .test_mic_resume import CLIPS, CUT, PAUSES, push, text, until
+from .test_mic_resume import CLIPS, CUT, PAUSES, run_link, text, until
 
 LONG_CLIPS = CLIPS + ["lj001_0001.wav", "lj050_0131.wav"]  # 46 s with the pauses: room for a 10 s outage
 LONG_PAUSES = PAUSES + [1.5, 1.5]
@@ -173,41 +172,12 @@ async def test_redis_stopped_for_10_s_mid_stream_captions_go_on_and_fan_out_come
           f"Redis came back, and every later one live")
 
 
-async def run_link(url: str, audio: np.ndarray, room: str, kill=None) -> tuple[CaptionLink, list[str]]:
-    """Streams `audio` through the mic client's link (20 ms blocks, as fast as it takes them). With `kill`: the
-    first CUT samples, then once the link has one final and all that audio has gone out, `kill()`, then the
-    rest."""
-    statuses: list[str] = []
-    link = CaptionLink(url, Backlog(max_s=30), lambda m: None, statuses.append, room=room, backoff=(0.2, 1.0),
-                       open_timeout=30)
-    feed = AudioFeed(RATE, link.backlog, link.wake)
-    ws = await link.connect()
-    runner = asyncio.create_task(link.run(ws))
-    try:
-        if kill is None:
-            push(feed, audio)
-        else:
-            push(feed, audio[:CUT])
-            await until(lambda: len(link.finals) >= 1 and link.sent == link.backlog.end
-                        and ws.transport.get_write_buffer_size() == 0, what="a final and all audio sent")
-            await asyncio.sleep(1.0)  # through nginx to the replica
-            assert len(link.finals) == 1, link.finals  # the window at the kill is open, undecoded
-            await kill()
-            push(feed, audio[CUT:])
-        feed.flush()
-        link.finish()
-        await asyncio.wait_for(runner, timeout=240)
-    finally:
-        runner.cancel()
-    return link, statuses
-
-
 async def test_a_replica_killed_mid_stream_its_speaker_resumes_on_another_through_nginx(cluster):
     audio, spans = join_with_silence(CLIPS, PAUSES)
-    whole, _ = await run_link(cluster.url, audio, "calm")
+    whole, *_ = await run_link(cluster.url, audio, room="calm")
     killed, seen = [], {}
 
-    async def kill() -> None:
+    async def kill(link: CaptionLink) -> None:
         [name] = where(cluster, "sessions")
         dead = next(r for r in cluster.replicas if r.name == name)
         # a second speaker in the room on the doomed replica, and the room's speaker list from another replica
@@ -222,7 +192,7 @@ async def test_a_replica_killed_mid_stream_its_speaker_resumes_on_another_throug
         dead.proc.wait(10)
         killed.append((dead, ghost))
 
-    link, statuses = await run_link(cluster.url, audio, "storm", kill)
+    link, _, _, statuses = await run_link(cluster.url, audio, CUT, kill, room="storm")
     dead, ghost = killed[0]
     survivors = [r for r in cluster.replicas if r is not dead]
     # one session, resumed once, on another replica
@@ -260,17 +230,17 @@ async def test_a_replica_sent_sigterm_drains_and_its_speaker_resumes_on_another(
     """SIGTERM: the replica stops taking streams, flushes the open window into a final (sent), closes with 1012
     and holds the session in Redis; the link resumes it through nginx on a surviving replica, nothing lost."""
     audio, _ = join_with_silence(CLIPS, PAUSES)
-    whole, _ = await run_link(cluster.url, audio, "calm2")
+    whole, *_ = await run_link(cluster.url, audio, room="calm2")
     drained: list = []
 
-    async def terminate() -> None:
+    async def terminate(link: CaptionLink) -> None:
         [name] = where(cluster, "sessions")
         replica = next(r for r in cluster.replicas if r.name == name)
         replica.proc.terminate()
         assert await asyncio.to_thread(replica.proc.wait, 30) == 0  # the link reads meanwhile
         drained.append(replica)
 
-    link, statuses = await run_link(cluster.url, audio, "drain", terminate)
+    link, _, _, statuses = await run_link(cluster.url, audio, CUT, terminate, room="drain")
     assert link.sessions == 1 and link.resumes == 1, statuses
     assert any("received 1012 (service restart) replica draining" in s for s in statuses), statuses
     finals = link.finals

@@ -12,12 +12,18 @@ def final(segment: int, session: str = "s1", text: str = "x") -> dict:
     return {"type": "final", "segment": segment, "start": 0.0, "end": 1.0, "text": text, "session": session}
 
 
-def test_a_room_lets_each_final_through_once_and_drops_partials_of_finished_segments():
-    room = Room("r", backlog=10)
+def watched(room: Room) -> list[dict]:
+    """What a viewer of `room` is offered from now on."""
     got = []
     viewer = Viewer(send=None)
     viewer.offer = got.append
     room.viewers.add(viewer)
+    return got
+
+
+def test_a_room_lets_each_final_through_once_and_drops_partials_of_finished_segments():
+    room = Room("r", backlog=10)
+    got = watched(room)
     room.publish(final(0))
     room.publish(final(0))  # the same final again (stream read + live message)
     room.publish({"type": "partial", "segment": 0, "text": "late", "session": "s1"})  # its final is out
@@ -37,10 +43,7 @@ def test_merging_the_shared_backlog_before_viewers_keeps_order_and_bound():
 
 def test_merging_after_viewers_joined_publishes_only_what_they_missed():
     room = Room("r", backlog=10)
-    got = []
-    viewer = Viewer(send=None)
-    viewer.offer = got.append
-    room.viewers.add(viewer)
+    got = watched(room)
     room.publish(final(0))
     room.merge([final(0), final(1), final(2)])  # after Redis came back: 1 and 2 were missed meanwhile
     assert [m["segment"] for m in got] == [0, 1, 2]

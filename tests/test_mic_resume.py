@@ -105,27 +105,27 @@ async def until(condition, timeout: float = 120.0, what: str = "") -> None:
     raise AssertionError(f"timed out waiting for {what or condition}")
 
 
-async def cut_when_sent(link: CaptionLink, ws, proxy: Proxy, finals: int) -> None:
-    """Once the link has `finals` finals and has sent all the audio it holds, and the proxy has passed it on, the
-    connection is cut: the server's open window then ends where the fed audio does."""
-    await until(lambda: len(link.finals) >= finals and link.sent == link.backlog.end
+async def all_sent_one_final_open(link: CaptionLink, ws) -> None:
+    """Waits until the link has its first final and has sent all the audio it holds, and that has left this
+    process (a proxy or nginx then passes it on): the server's open window then ends where the fed audio does."""
+    await until(lambda: len(link.finals) >= 1 and link.sent == link.backlog.end
                 and ws.transport.get_write_buffer_size() == 0, what="the first final and all audio sent")
     await asyncio.sleep(1.0)  # the proxy, on this loop, reads what the kernel holds and forwards it
-    assert len(link.finals) == finals, link.finals  # the window at the cut is still open
-    await proxy.cut()
+    assert len(link.finals) == 1, link.finals  # the window at the cut is still open
 
 
 def text(finals: list[dict]) -> str:
     return " ".join(f["text"] for f in finals if f["text"].strip())
 
 
-async def run_link(url: str, audio: np.ndarray, cut_at: int | None = None, proxy: Proxy | None = None,
-                   spoil_token: bool = False) -> tuple[CaptionLink, dict, list[dict], list[str]]:
+async def run_link(url: str, audio: np.ndarray, cut_at: int | None = None, interrupt=None,
+                   room: str | None = None) -> tuple[CaptionLink, dict, list[dict], list[str]]:
     """Streams `audio` through a CaptionLink as the mic command would (20 ms blocks at 16 kHz, as fast as the link
-    takes them), cut once after `cut_at` samples. Returns the link, its first `ready`, what it showed, its
-    statuses."""
+    takes them). With `cut_at`: that many samples, then, once the first final is in and the rest of them has
+    gone out, `await interrupt(link)` (a proxy's cut, a replica's kill), then the rest. Returns the link, its
+    first `ready`, what it showed, its statuses."""
     messages, statuses = [], []
-    link = CaptionLink(url, Backlog(max_s=30), messages.append, statuses.append, backoff=(0.2, 1.0),
+    link = CaptionLink(url, Backlog(max_s=30), messages.append, statuses.append, room=room, backoff=(0.2, 1.0),
                        open_timeout=30)
     feed = AudioFeed(RATE, link.backlog, link.wake)
     ws = await link.connect()
@@ -136,9 +136,8 @@ async def run_link(url: str, audio: np.ndarray, cut_at: int | None = None, proxy
             push(feed, audio)
         else:
             push(feed, audio[:cut_at])
-            await cut_when_sent(link, ws, proxy, finals=1)
-            if spoil_token:
-                link.ready["resume_token"] = "not-the-token"
+            await all_sent_one_final_open(link, ws)
+            await interrupt(link)
             push(feed, audio[cut_at:])
         feed.flush()
         link.finish()
@@ -146,6 +145,15 @@ async def run_link(url: str, audio: np.ndarray, cut_at: int | None = None, proxy
     finally:
         runner.cancel()
     return link, first_ready, messages, statuses
+
+
+def proxy_cut(proxy: "Proxy", spoil_token: bool = False):
+    """An interrupt for run_link: the proxy drops the connection (after spoiling the link's token, if asked)."""
+    async def cut(link: CaptionLink) -> None:
+        if spoil_token:
+            link.ready["resume_token"] = "not-the-token"
+        await proxy.cut()
+    return cut
 
 
 async def test_mic_link_resumes_after_a_drop_mid_window_and_equals_an_uninterrupted_run(server):
@@ -159,7 +167,7 @@ async def test_mic_link_resumes_after_a_drop_mid_window_and_equals_an_uninterrup
     whole, _, _, _ = await run_link(url, audio)
     proxy = Proxy(port_of(url))
     try:
-        link, first_ready, shown, statuses = await run_link(await proxy.start(), audio, cut, proxy)
+        link, first_ready, shown, statuses = await run_link(await proxy.start(), audio, cut, proxy_cut(proxy))
     finally:
         await proxy.close()
 
@@ -196,8 +204,8 @@ async def test_mic_link_starts_a_new_session_when_the_server_refuses_the_resume(
     cut = CUT
     proxy = Proxy(port_of(url))
     try:
-        link, first_ready, shown, statuses = await run_link(await proxy.start(), audio, cut, proxy,
-                                                            spoil_token=True)
+        link, first_ready, shown, statuses = await run_link(await proxy.start(), audio, cut,
+                                                            proxy_cut(proxy, spoil_token=True))
     finally:
         await proxy.close()
 

@@ -137,12 +137,16 @@ class Cluster:
         self._live.discard(session)
         self.outbox.put(lambda pipe: self.handover.forget(pipe, session))
 
-    async def take(self, session: str, token: str | None) -> tuple[dict, ResumeState | None]:
+    async def take(self, session: str, token: str | None, known_here) -> tuple[dict, ResumeState | None]:
         """See Handover.take; after a take from another replica, that one forgets its local copy."""
-        rec, state = await self.handover.take(session, token, self._release)
+        rec, state = await self.handover.take(session, token, self._release, known_here)
         if state is not None and rec["phase"] == HELD:
             self._control(rec["owner"], {"op": "forget", "session": session})
         return rec, state
+
+    def disown(self, session: str) -> None:
+        """Asked to let go of a session not live here: mark its record held for the taker."""
+        self.outbox.put(lambda pipe: self.handover.disown(pipe, session), keep=False)
 
     def _release(self, owner: str, session: str, token: str | None) -> None:
         self._control(owner, {"op": "release", "session": session, "token": token})

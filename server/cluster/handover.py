@@ -22,7 +22,7 @@ from .. import protocol as P
 from ..resume import tokens_match
 from ..session import RECENT_FINALS, ResumeState
 from .fanout import stored_final
-from .keys import CLAIM, Keys
+from .keys import CLAIM, DISOWN, Keys
 from .link import Link
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,12 @@ class Handover:
     async def alive(self, replica: str) -> bool:
         return bool(await self._link.call(self._link.client.exists, self._keys.alive(replica)))
 
-    async def take(self, session: str, token: str | None, release) -> tuple[dict, ResumeState | None]:
-        """Claims the shared record of `session` for this replica. Returns (record, state): state None when the
-        owner is this replica (the local session is taken over the local way); raises ProtocolError
+    def disown(self, pipe, session: str) -> None:
+        pipe.eval(DISOWN, 1, self._keys.resume(session), self._replica)
+
+    async def take(self, session: str, token: str | None, release, known_here) -> tuple[dict, ResumeState | None]:
+        """Claims the shared record of `session` for this replica. Returns (record, state): state None when this
+        replica owns it and has it (`known_here(session)`: taken over the local way); raises ProtocolError
         (resume_unknown / resume_refused) when it cannot be resumed. `release(owner, session, token)` asks a
         live owner to let the session go."""
         asked = False
@@ -75,9 +78,10 @@ class Handover:
                 if not tokens_match(rec["state"]["token"], token):
                     raise P.ProtocolError(P.RESUME_REFUSED, "wrong resume_token for this session")
                 owner = rec["owner"]
-                if owner == self._replica:
+                if owner == self._replica and known_here(session):
                     return rec, None
-                if rec["phase"] == HELD or not await self.alive(owner):
+                # Ours but not here (this replica restarted under its name), held, or its owner is dead: claim it.
+                if owner == self._replica or rec["phase"] == HELD or not await self.alive(owner):
                     break
                 if not asked:  # live on another replica that is alive: ask it to let the session go
                     log.info("session %s is live on %s: asking it to let the session go", session, owner)

@@ -29,6 +29,18 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+# A replica asked to let go of a session it does not have live (it restarted under the same name, or the session
+# ended here meanwhile) marks its live record held, so the taker need not wait. KEYS: resume key. ARGV: replica.
+DISOWN = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local rec = cjson.decode(raw)
+if rec.owner ~= ARGV[1] or rec.phase ~= 'live' then return 0 end
+rec.phase = 'held'
+redis.call('SET', KEYS[1], cjson.encode(rec), 'KEEPTTL')
+return 1
+"""
+
 
 @dataclass(frozen=True)
 class Keys:
