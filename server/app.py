@@ -20,6 +20,7 @@ from .admission import admit
 from .cluster import Cluster
 from .config import ROOT, Config
 from .engine import Engine
+from .adapters import adapter_for
 from .listen import Listener
 from .looplag import LoopLag
 from .metrics import Metrics
@@ -106,7 +107,7 @@ class CaptionServer:
         self._server.close(close_connections=False)
 
         async def flush(listener: Listener) -> None:
-            if self.cluster is not None:
+            if self.cluster is not None and listener.resumable:
                 await listener.drain()  # it closes with 1012 itself
                 return
             try:
@@ -149,7 +150,7 @@ class CaptionServer:
             if action == auth.WATCH:
                 await watch(self, ws, query.get("room"))
             else:
-                await Listener(self, ws, query.get("room")).run()
+                await adapter_for(path, query)(self, ws, query.get("room")).run()
         finally:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:

@@ -1,6 +1,6 @@
 """Who may do what: speaker tokens stream audio, viewer tokens watch rooms and read transcripts.
 
-A token comes as `Authorization: Bearer T`, as `?token=T`, or (browsers cannot set headers on a websocket) as
+A token comes as `Authorization: Bearer T` (or `Token T`, as Deepgram's clients send it), as `?token=T`, or (browsers cannot set headers on a websocket) as
 a websocket subprotocol `bearer.T` offered beside `captions`. Tokens are compared in constant time.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ OK, UNAUTHORIZED, FORBIDDEN = 0, 4401, 4403  # close codes
 
 def token_from(headers, params: dict) -> str | None:
     auth = headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() in ("bearer", "token"):  # Token: Deepgram's clients (server/deepgram.py)
+        return value.strip()
     if params.get("token"):
         return params["token"]
     for proto in headers.get("Sec-WebSocket-Protocol", "").split(","):

@@ -17,6 +17,7 @@ from . import protocol as P
 from .cluster.link import FAILURES
 from .limits import TokenBucket
 from .resume import tokens_match
+from .config import SegmenterConfig
 from .session import ResumeState, Session
 from .sink import OutputSink
 
@@ -28,7 +29,14 @@ CLOSE_IDLE, CLOSE_TOO_LONG, CLOSE_RESUMED_ELSEWHERE, CLOSE_DRAINING = 4408, 4409
 
 
 class Listener:
-    """One `/v1/listen` connection. Its Session is made by the first `start` (a new one, or a resumed one)."""
+    """One `/v1/listen` connection. Its Session is made by the first `start` (a new one, or a resumed one).
+
+    The other protocols' adapters (deepgram.py, realtime.py) are subclasses that override only the protocol:
+    `opened` (a stream that starts on connect), `on_text` / `on_audio` (client frames -> session calls),
+    `encode` (session messages -> their frames), `error_frame`, `segmenter_config` and `resumable`. Limits,
+    timeouts, drops, rooms and transcripts stay as they are here."""
+
+    resumable = True  # a dropped session is held for resuming (protocol v1 can resume; the others cannot)
 
     def __init__(self, app, ws: ServerConnection, url_room: str | None):
         self.app, self.ws, self.url_room = app, ws, url_room
@@ -37,6 +45,28 @@ class Listener:
         self._lock = asyncio.Lock()  # one writer at a time keeps messages in the order the session produced them
         self.gone = asyncio.Event()  # set once a dropped session is flushed and held (a resume waits for it)
         self.draining = False  # shutdown with replicas: the session is flushed and held, not ended
+
+    # -- the protocol: what subclasses override -------------------------------------------------------------
+
+    def encode(self, msg: dict) -> list[str]:
+        """The frames that carry one session message (ready, partial, final, error, end) to the client."""
+        return [P.dump(msg)]
+
+    def error_frame(self, code: str, message: str) -> str:
+        return P.error(code, message)
+
+    def segmenter_config(self) -> SegmenterConfig:
+        return self.app.cfg.segmenter
+
+    async def opened(self) -> None:
+        """Before the first client frame."""
+
+    # -- shared ---------------------------------------------------------------------------------------------
+
+    async def deliver(self, msg: dict) -> None:
+        """The sink's way to the client."""
+        for frame in self.encode(msg):
+            await self.send(frame)
 
     async def send(self, text: str) -> None:
         async with self._lock:
@@ -53,6 +83,7 @@ class Listener:
         frame_budget = TokenBucket(self.lim.max_frames_per_s, self.lim.max_frames_per_s)
         told_throttled = False
         try:
+            await self.opened()
             while not (self.session and self.session.ended):
                 try:
                     timeout = max(0.0, min(self.lim.idle_timeout_s, ends_at - loop.time()))
@@ -71,9 +102,10 @@ class Listener:
                 if wait > 0:
                     if not told_throttled:
                         told_throttled = True
-                        await self.send(P.error("rate_limited", f"faster than {self.lim.max_audio_rate:g}x real "
-                                                                f"time or {self.lim.max_frames_per_s:g} frames/s: "
-                                                                "reading is slowed down; nothing is dropped"))
+                        await self.send(self.error_frame(
+                            "rate_limited", f"faster than {self.lim.max_audio_rate:g}x real time or "
+                                            f"{self.lim.max_frames_per_s:g} frames/s: reading is slowed down; "
+                                            "nothing is dropped"))
                     await asyncio.sleep(wait)
             if not self.app.closing:  # on shutdown, the server closes with 1001 itself
                 await self.ws.close(1000, "stream ended")
@@ -116,8 +148,8 @@ class Listener:
         room = start.room or (P.check_room(self.url_room) if self.url_room is not None else None)
         resumed = await self._take_over(start) if start.resume else None
         session_id = resumed.session if resumed else uuid.uuid4().hex[:12]
-        sink = OutputSink(session_id, self.app.store, self.send, self.app.cluster)
-        session = Session(session_id, self.app.engine, self.app.cfg.segmenter, self.app.vad_factory, sink,
+        sink = OutputSink(session_id, self.app.store, self.deliver, self.app.cluster)
+        session = Session(session_id, self.app.engine, self.segmenter_config(), self.app.vad_factory, sink,
                           self.app.rooms, resumed)
         self.session = session
         self.app.sessions[session_id] = self
@@ -167,7 +199,7 @@ class Listener:
 
     async def _time_out(self, too_long: bool) -> None:
         code, close_code = ("session_too_long", CLOSE_TOO_LONG) if too_long else ("idle_timeout", CLOSE_IDLE)
-        await self.send(P.error(code, f"stream ended by the server: {code.replace('_', ' ')}"))
+        await self.send(self.error_frame(code, f"stream ended by the server: {code.replace('_', ' ')}"))
         if self.session is not None:
             await self.session.stop(reason=code)
         await self.ws.close(close_code, code)
@@ -180,7 +212,12 @@ class Listener:
             return
         cluster = self.app.cluster
         try:
-            if not session.ended or self.draining:
+            if not self.resumable and not session.ended:
+                await session.detach()  # flushed into the transcript and the room; nobody can resume it
+                if cluster is not None:
+                    cluster.session_ended(session.id)
+                log.info("session %s dropped: flushed", session.id)
+            elif not session.ended or self.draining:
                 if not session.ended:
                     self.app.resumable.dropping(ResumeState(session.id, session.token))
                 try:

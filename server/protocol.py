@@ -151,9 +151,12 @@ def dump(msg: dict) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-def ready(session: str, backend: str, model: str, reason: str, **extra) -> str:
-    return dump({"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
-                 "model": model, "sample_rate": SAMPLE_RATE, "reason": reason, **extra})
+# The session core speaks in messages (dicts): ready, partial, final, error, end. The v1 adapter sends them as
+# they are (dump); the other adapters translate them into their protocol's own.
+
+def ready(session: str, backend: str, model: str, reason: str, **extra) -> dict:
+    return {"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
+            "model": model, "sample_rate": SAMPLE_RATE, "reason": reason, **extra}
 
 
 def caption(kind: str, segment: int, start: float, end: float, text: str, **extra) -> dict:
@@ -162,13 +165,17 @@ def caption(kind: str, segment: int, start: float, end: float, text: str, **extr
     return {"type": kind, "segment": segment, "start": start, "end": end, "text": text, **extra}
 
 
+def error_message(code: str, message: str, **extra) -> dict:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
 def error(code: str, message: str, **extra) -> str:
-    return dump({"type": "error", "code": code, "message": message, **extra})
+    return dump(error_message(code, message, **extra))
 
 
 def pong() -> str:
     return dump({"type": "pong"})
 
 
-def end(**extra) -> str:
-    return dump({"type": "end", **extra})
+def end(**extra) -> dict:
+    return {"type": "end", **extra}

@@ -8,14 +8,16 @@ from urllib.parse import parse_qs
 
 from websockets.asyncio.server import ServerConnection
 
-from . import auth, http
+from . import adapters, auth, http
 from . import protocol as P
 from .health import health
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .storage import FORMATS
 
-LISTEN_PATH = "/v1/listen"
+LISTEN_PATH = "/v1/listen"  # protocol v1, or Deepgram's live protocol (adapters.py tells them apart)
 WATCH_PATH = "/v1/watch"
+REALTIME_PATH = "/v1/realtime"  # OpenAI's Realtime transcription sessions
+STREAM_PATHS = (LISTEN_PATH, WATCH_PATH, REALTIME_PATH)
 TRANSCRIPTS = "/v1/transcripts/"
 # Pages with their own paths (any /room/NAME is room.html; the page's script reads NAME from the URL).
 PAGES = {"/": "index.html", "/overlay": "overlay.html", "/room/": "room.html"}
@@ -30,8 +32,9 @@ async def route(app, connection: ServerConnection, request):
     path, query = http.split_path(request)
     if getattr(request, "method", "GET") != "GET":
         return http.response(HTTPStatus.METHOD_NOT_ALLOWED, b"only GET\n", "text/plain; charset=utf-8", Allow="GET")
-    if path in (LISTEN_PATH, WATCH_PATH):
-        return None
+    if path in STREAM_PATHS:
+        # Deepgram's and OpenAI's clients expect a bad key refused at the handshake (HTTP 401), not after it.
+        return adapters.handshake_refusal(app.cfg.auth, path, params(query), request)
     if path == "/healthz":
         report, status = health(app)
         return http.json_response(report, HTTPStatus(status))

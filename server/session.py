@@ -130,7 +130,7 @@ class Session:
         if r is not None:
             for final in self._recent:
                 if final["end"] > seconds(start.offset or 0):
-                    await self.sink.to_client(P.dump({**final, "resent": True}))
+                    await self.sink.to_client({**final, "resent": True})
 
     def audio(self, data: bytes) -> None:
         """One binary frame (raises ProtocolError for a bad one)."""
@@ -227,7 +227,7 @@ class Session:
             try:
                 text = await future
             except BackendError as exc:
-                await self.sink.to_client(P.error(P.BACKEND_ERROR, f"segment {w.segment} could not be "
+                await self.sink.to_client(P.error_message(P.BACKEND_ERROR, f"segment {w.segment} could not be "
                                                                    f"transcribed: {exc}", segment=w.segment))
                 text = ""
             final = P.caption("final", w.segment, seconds(w.start), seconds(w.end), text)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from websockets.exceptions import ConnectionClosed
 
-from . import protocol as P
 from .rooms import Room
 from .storage import TranscriptStore, record
 
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[dict], Awaitable[None]]  # one message to the client: its adapter encodes it
 
 
 class OutputSink:
@@ -76,21 +75,21 @@ class OutputSink:
         published = self._publish(msg)
         if self._cluster is not None and state is not None:
             await self._cluster.final(self.session_id, room, record(self.session_id, labelled), published, state)
-        await self.to_client(P.dump(msg))
+        await self.to_client(msg)
 
     async def partial(self, msg: dict) -> None:
         published = self._publish(msg)
         if self._cluster is not None and published is not None:
             self._cluster.partial(self.room.name, published)
-        await self.to_client(P.dump(msg))
+        await self.to_client(msg)
 
-    async def to_client(self, text: str) -> None:
+    async def to_client(self, msg: dict) -> None:
         """Only to the client (ready, errors, end), if it is still there. A connection found closed here is
         detached: the adapter sees the drop on its side and flushes the session; the captions go on to the
         transcript and the room."""
         if self._send is not None:
             try:
-                await self._send(text)
+                await self._send(msg)
             except ConnectionClosed:
                 self.detach()
 
