@@ -301,8 +301,10 @@ def test_mic_captions_a_clip_played_into_pulseaudio(pulse, cpu_url, tmp_path):
     assert lines and all(FINAL_LINE.match(line) for line in lines), (out, err)  # not a terminal: finals only
     text = " ".join(FINAL_LINE.match(line).group(3) for line in lines)
     # Whisper tiny.en on audio that went 16 -> 48 -> 44.1 -> 16 kHz: 3 runs here gave WER 0.0 (pocketsphinx,
-    # before it, spread over 0.18-0.73 with where the VAD cut); the bound leaves room for a cut mid-word.
-    assert wer(transcript("jfk_16k.wav"), text) <= 0.25 and "my fellow" in text, text
+    # before it, spread over 0.18-0.73 with where the VAD cut); the bound leaves room for a cut mid-word. Where
+    # the capture's timing puts the window's start, tiny.en reads "my fellow" or "am I fellow" (seen in CI on a
+    # loaded machine; test_mic_resume.py notes the same): the words after it are the check.
+    assert wer(transcript("jfk_16k.wav"), text) <= 0.25 and "fellow americans" in text.lower(), text
 
     cues = list(srt.parse(saved.read_text()))
     assert " ".join(c.content for c in cues) == " ".join(text.split())
