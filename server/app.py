@@ -140,17 +140,19 @@ class CaptionServer:
         ip = http.client_ip(peer, ws.request.headers, self.cfg.server.trusted_proxies)
         refusal = admit(self.cfg, self.engine, self._per_ip, self.closing, ip, action,
                         auth.token_from(ws.request.headers, query))
+        listener = None if action == auth.WATCH else adapter_for(path, query)(self, ws, query.get("room"))
         if refusal:
             close_code, code, message = refusal
-            await ws.send(P.error(code, message))
+            # in the client's own protocol: a Deepgram or OpenAI client reads v1 errors as unknown messages
+            await ws.send(listener.error_frame(code, message) if listener else P.error(code, message))
             await ws.close(close_code, code)
             return
         self._per_ip[ip] += 1
         try:
-            if action == auth.WATCH:
+            if listener is None:
                 await watch(self, ws, query.get("room"))
             else:
-                await adapter_for(path, query)(self, ws, query.get("room")).run()
+                await listener.run()
         finally:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:

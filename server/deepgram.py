@@ -1,18 +1,344 @@
-"""Deepgram's live protocol on `/v1/listen` (being written: issue 15)."""
+"""Deepgram's live streaming protocol on `/v1/listen`, so that Deepgram's SDKs and clients caption through this
+server (docs/protocol.md, "Deepgram live at /v1/listen").
+
+A Deepgram stream is configured by its query string and starts on connect; binary frames are raw linear16 PCM;
+the client may send KeepAlive, Finalize, CloseStream and Configure. The server answers with Results (interim
+and final), SpeechStarted, UtteranceEnd, Metadata (on close) and Error. Underneath it is the same Session as
+protocol v1: same windows, same finals, same rooms and transcripts; only the frames differ.
+
+A bad key, or a query this server cannot serve (another encoding, rate or channel count), is refused at the
+handshake with the HTTP status and JSON body Deepgram answers with, which is where Deepgram's SDKs expect it.
+"""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import uuid
+from datetime import datetime, timezone
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+from . import auth, http
+from . import protocol as P
+from .config import SegmenterConfig
 from .listen import Listener
 
-DEEPGRAM_PARAMS = frozenset()
+# Deepgram's live query parameters (those of its SDKs and docs). Protocol v1 uses only `room` and `token`, which
+# are not among them, so a v1 client is never read as Deepgram; any one of these names decides (adapters.py).
+DEEPGRAM_PARAMS = frozenset({
+    "callback", "callback_method", "channels", "detect_entities", "diarize", "diarize_model", "dictation",
+    "encoding", "endpointing", "extra", "filler_words", "interim_results", "keyterm", "keywords", "language",
+    "language_hint", "mip_opt_out", "model", "multichannel", "no_delay", "numerals", "profanity_filter",
+    "punctuate", "redact", "replace", "sample_rate", "search", "smart_format", "tag", "utterance_end_ms",
+    "vad_events", "version",
+})
+
+CHANNEL = [0, 1]  # [channel index, channel count]: every stream here is mono
+SCHEMA_ERRORS = (P.BAD_JSON, P.BAD_MESSAGE, P.UNKNOWN_TYPE)  # a client text message not understood: "SchemaError"
 
 
 def asked_for(query: dict) -> bool:
     return bool(DEEPGRAM_PARAMS & set(query))
 
 
-def handshake_refusal(cfg, query, request):
+# -- the query string -----------------------------------------------------------------------------------------
+
+class BadRequest(ValueError):
+    """A query this server cannot serve: refused at the handshake with HTTP 400."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    start: P.Start
+    interim_results: bool = False
+    vad_events: bool = False
+    utterance_end_ms: int | None = None
+    endpointing_ms: int | None = None  # None: the server's own hangover
+
+
+def query_of(request) -> dict[str, list[str]]:
+    """Every value of every parameter (keyterm and keywords repeat)."""
+    return parse_qs(http.split_path(request)[1], keep_blank_values=True)
+
+
+def parse_options(query: dict[str, list[str]]) -> Options:
+    """The stream's settings; raises BadRequest. Parameters not read here (punctuate, smart_format, model,
+    language, diarize, ...) are accepted and have no effect (docs/protocol.md says why)."""
+    def last(name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    encoding, rate = last("encoding"), last("sample_rate")
+    if encoding is None:
+        raise BadRequest("send raw PCM with encoding=linear16&sample_rate=N: containerized audio (WAV, Ogg, "
+                         "WebM, ...) is not decoded by this server")
+    if encoding != "linear16":
+        raise BadRequest(f"encoding {encoding[:32]!r} is not supported by this server: only linear16")
+    if rate is None:
+        raise BadRequest("sample_rate is required with encoding=linear16")
+    rate_value = _integer("sample_rate", rate)
+    if rate_value not in P.SAMPLE_RATES:
+        raise BadRequest(f"sample_rate {rate_value} is not supported by this server: one of "
+                         f"{', '.join(map(str, P.SAMPLE_RATES))}")
+    if _integer("channels", last("channels")) not in (None, 1):
+        raise BadRequest("only mono audio (channels=1) is supported by this server")
+    start = P.Start(sample_rate=rate_value, encoding="pcm_s16le", channels=1, room=_room(last("room")),
+                    speaker=_speaker(last("speaker")), context=context_of(query))
+    endpointing = last("endpointing")
+    return Options(
+        start=start,
+        interim_results=_flag("interim_results", last("interim_results")),
+        vad_events=_flag("vad_events", last("vad_events")),
+        utterance_end_ms=_integer("utterance_end_ms", last("utterance_end_ms"), minimum=1),
+        # endpointing=false (or true: Deepgram's default is on) keeps this server's own hangover.
+        endpointing_ms=None if endpointing in (None, "false", "true") else _integer("endpointing", endpointing))
+
+
+def _flag(name: str, value: str | None) -> bool:
+    if value is None or value in ("false", "False"):
+        return False
+    if value in ("true", "True"):
+        return True
+    raise BadRequest(f"{name} must be true or false, not {value[:32]!r}")
+
+
+def _integer(name: str, value: str | None, minimum: int = 0) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > 9 or int(value) < minimum:
+        raise BadRequest(f"{name} must be an integer of at least {minimum}, not {value[:32]!r}")
+    return int(value)
+
+
+def _room(room: str | None) -> str | None:
+    try:
+        return None if room is None else P.check_room(room)
+    except P.ProtocolError as exc:
+        raise BadRequest(f"room: {exc.message}") from None
+
+
+def _speaker(speaker: str | None) -> str | None:
+    if speaker is not None and not 0 < len(speaker) <= 64:
+        raise BadRequest("speaker must be 1 to 64 characters")
+    return speaker
+
+
+def context_of(query: dict[str, list[str]]) -> str | None:
+    """Keyterms and keywords, as the stream's context (the model's prompt): whole terms, in order, while they
+    fit in MAX_CONTEXT. A keyword's `:boost` suffix means nothing to our models and is dropped."""
+    terms = query.get("keyterm", []) + [k.rsplit(":", 1)[0] if _boosted(k) else k for k in query.get("keywords", [])]
+    context = ""
+    for term in filter(None, (t.strip() for t in terms)):
+        joined = f"{context}, {term}" if context else term
+        if len(joined) > P.MAX_CONTEXT:
+            break
+        context = joined
+    return context or None
+
+
+def _boosted(keyword: str) -> bool:
+    _, sep, boost = keyword.rpartition(":")
+    return bool(sep) and boost.lstrip("-").replace(".", "", 1).isdigit()
+
+
+# -- the handshake --------------------------------------------------------------------------------------------
+
+def handshake_refusal(cfg, query: dict, request):
+    """Deepgram refuses at the handshake: 401 for a missing or unknown key, 400 for a query it cannot serve,
+    with its JSON error body (and its dg-request-id and dg-error headers). None: go on."""
+    verdict = auth.check(cfg, auth.SPEAK, auth.token_from(request.headers, query))
+    if verdict == auth.UNAUTHORIZED:
+        return refusal(HTTPStatus.UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.")
+    if verdict == auth.FORBIDDEN:
+        return refusal(HTTPStatus.FORBIDDEN, "INSUFFICIENT_PERMISSIONS", "This key may not stream audio.")
+    try:
+        parse_options(query_of(request))
+    except BadRequest as exc:
+        return refusal(HTTPStatus.BAD_REQUEST, "Bad Request", f"Bad Request: {exc}")
     return None
 
 
+def refusal(status: HTTPStatus, code: str, message: str):
+    request_id = str(uuid.uuid4())
+    body = json.dumps({"err_code": code, "err_msg": message, "request_id": request_id}).encode()
+    return http.response(status, body, "application/json",
+                         **{"dg-request-id": request_id, "dg-error": message.encode("ascii", "replace").decode()})
+
+
+# -- the stream -----------------------------------------------------------------------------------------------
+
 class DeepgramListener(Listener):
-    resumable = False
+    resumable = False  # Deepgram streams cannot resume; a dropped one is flushed into its transcript and room
+
+    def __init__(self, app, ws, url_room):
+        super().__init__(app, ws, url_room)
+        self.options = parse_options(query_of(ws.request))  # checked at the handshake already
+        self._created = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._request_id = ""  # our session id, from `ready`
+        self._model: dict = {}
+        self._audio_bytes = 0
+        self._sha256 = hashlib.sha256()  # of the audio received, as Deepgram's Metadata has it
+        self._speaking: set[int] = set()  # segments whose SpeechStarted was sent and whose final was not yet
+        self._from_finalize: set[int] = set()  # segments a Finalize closed
+        self._closing_from: int | None = None  # segments from here on were flushed by CloseStream
+
+    # -- client -> session
+
+    async def opened(self) -> None:
+        await self._start(self.options.start)  # Deepgram streams start on connect: the query is their `start`
+
+    async def on_text(self, text: str) -> None:
+        try:
+            msg = _control(text)
+        except P.ProtocolError as exc:
+            await self.send(self._error(exc.code, exc.message, original=text))
+            return
+        kind = msg["type"]
+        if kind == "KeepAlive":
+            pass  # any frame resets the idle timer (listen.py): nothing else to do
+        elif kind == "Finalize":
+            first = self._next_segment()
+            self.session.finalize()
+            self._from_finalize.update(range(first, self._next_segment()))
+        elif kind == "CloseStream":
+            await self._close_stream()
+        elif kind == "Configure":
+            await self.send(P.dump(self._configured(msg)))
+        else:
+            await self.send(self._error(P.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}: expected KeepAlive, "
+                                                        "Finalize, CloseStream or Configure", original=text))
+
+    async def on_audio(self, data: bytes) -> None:
+        if not data:
+            await self._close_stream()  # an empty frame: Deepgram's older end-of-stream signal
+            return
+        try:
+            for piece in self._pieces(data):
+                self.session.audio(piece)
+        except P.ProtocolError as exc:
+            await self.send(self.error_frame(exc.code, exc.message))
+            return
+        self._audio_bytes += len(data)
+        self._sha256.update(data)
+
+    def _pieces(self, data: bytes) -> list[bytes]:
+        """Deepgram takes frames of any length; the session takes at most 1 s each: longer ones are cut into
+        whole seconds (a byte count that is not a whole number of samples is left whole, to be refused)."""
+        second = self.session.bytes_per_second
+        if len(data) <= second or len(data) % self.options.start.bytes_per_sample:
+            return [data]
+        return [data[i:i + second] for i in range(0, len(data), second)]
+
+    async def _close_stream(self) -> None:
+        """Every open window becomes a final; the finals, then Metadata, are sent; then listen.py closes with
+        1000 (the session has ended)."""
+        self._closing_from = self._next_segment()
+        await self.session.stop()
+
+    def _next_segment(self) -> int:
+        return self.session.state().next_segment  # segments below it have their finals on the way
+
+    def _configured(self, msg: dict) -> dict:
+        """Configure: our models take keyterms only at connect (as the stream's context); formatting features
+        are accepted and, like the query's, have no effect."""
+        if msg.get("keyterms") is not None:
+            return {"type": "ConfigureFailure", "request_id": self._request_id,
+                    "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                    "description": "this server's models take keyterms only at connect (keyterm=... in the URL)"}
+        return {"type": "ConfigureSuccess", "request_id": self._request_id}
+
+    # -- session -> client
+
+    def segmenter_config(self) -> SegmenterConfig:
+        cfg = self.app.cfg.segmenter
+        changes = {}
+        if self.options.endpointing_ms is not None:  # ms of silence that end an utterance: our hangover
+            changes["hangover_ms"] = max(self.options.endpointing_ms, cfg.frame_ms)
+        if not (self.options.interim_results or self.options.vad_events or self.options.start.room):
+            changes["partial_interval_s"] = cfg.max_window_s + 1  # nobody reads partials: spare the engine
+        return dataclasses.replace(cfg, **changes)
+
+    def encode(self, msg: dict) -> list[str]:
+        kind = msg["type"]
+        if kind == "ready":
+            self._ready(msg)
+            return []  # Deepgram sends nothing on open
+        if kind in ("partial", "final"):
+            return [P.dump(m) for m in self._caption(msg)]
+        if kind == "error":
+            return [self.error_frame(msg["code"], msg["message"])]
+        if kind == "end":
+            return [P.dump(self._metadata())]
+        return []
+
+    def error_frame(self, code: str, message: str) -> str:
+        return self._error(code, message)
+
+    def _error(self, code: str, description: str, original: str | None = None) -> str:
+        """Deepgram's Error message. `variant`: SchemaError for a text message not understood (with the `message`
+        it was, shortened), else protocol v1's error code (docs/protocol.md)."""
+        frame = {"type": "Error", "variant": "SchemaError" if code in SCHEMA_ERRORS else code,
+                 "description": description}
+        if original is not None:
+            frame["message"] = original[:200]
+        return P.dump(frame)
+
+    def _ready(self, msg: dict) -> None:
+        self._request_id = msg["session"]  # so that a client can fetch /v1/transcripts/ID later
+        name, backend = msg["model"], msg["backend"]
+        self._model = {"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{backend}/{name}")),
+                       "info": {"name": name, "version": "n/a", "arch": backend}}
+
+    def _caption(self, msg: dict) -> list[dict]:
+        segment, final = msg["segment"], msg["type"] == "final"
+        out = []
+        if segment not in self._speaking:  # the first caption of a window: its speech started at its start
+            self._speaking.add(segment)
+            if self.options.vad_events:
+                out.append({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": msg["start"]})
+        if final:
+            self._speaking.discard(segment)
+        if final or self.options.interim_results:
+            out.append(self._results(msg, final))
+        if final and msg["text"] and self.options.utterance_end_ms:
+            out.append({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": msg["end"]})
+        return out
+
+    def _results(self, msg: dict, final: bool) -> dict:
+        segment, text = msg["segment"], msg["text"]
+        from_finalize = final and segment in self._from_finalize
+        self._from_finalize.discard(segment)
+        flushed = from_finalize or (self._closing_from is not None and segment >= self._closing_from)
+        return {
+            "type": "Results", "channel_index": CHANNEL,
+            "duration": round(msg["end"] - msg["start"], 6), "start": msg["start"],
+            "is_final": final,
+            "speech_final": final and not flushed,  # a final is a window the VAD closed, unless a flush did
+            "from_finalize": from_finalize,
+            # Our backends give neither word timings nor confidences: words stay empty, confidence is 1.0 for
+            # any text (0.0 for none), so that clients filtering on confidence keep our results.
+            "channel": {"alternatives": [{"transcript": text, "confidence": 1.0 if text else 0.0, "words": []}]},
+            "metadata": {"request_id": self._request_id, "model_info": self._model["info"],
+                         "model_uuid": self._model["uuid"]},
+        }
+
+    def _metadata(self) -> dict:
+        bps = self.session.bytes_per_second
+        return {"type": "Metadata", "transaction_key": "deprecated", "request_id": self._request_id,
+                "sha256": self._sha256.hexdigest(), "created": self._created,
+                "duration": round(self._audio_bytes / bps, 6), "channels": 1,
+                "models": [self._model["uuid"]], "model_info": {self._model["uuid"]: self._model["info"]}}
+
+
+def _control(text: str) -> dict:
+    """One client text frame -> a JSON object with a string `type`; raises ProtocolError."""
+    if len(text) > P.MAX_TEXT_FRAME:
+        raise P.ProtocolError(P.BAD_MESSAGE, f"text frame of {len(text)} characters exceeds {P.MAX_TEXT_FRAME}")
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise P.ProtocolError(P.BAD_JSON, f"text frame is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise P.ProtocolError(P.BAD_MESSAGE, 'a message must be a JSON object with a string "type"')
+    return msg

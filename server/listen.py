@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CLOSE_IDLE, CLOSE_TOO_LONG, CLOSE_RESUMED_ELSEWHERE, CLOSE_DRAINING = 4408, 4409, 4410, 1012
 
 
+def new_session_id() -> str:
+    return uuid.uuid4().hex[:12]  # protocol.SESSION_ID: what /v1/transcripts/ID takes
+
+
 class Listener:
     """One `/v1/listen` connection. Its Session is made by the first `start` (a new one, or a resumed one).
 
@@ -60,6 +64,10 @@ class Listener:
 
     async def opened(self) -> None:
         """Before the first client frame."""
+
+    def audio_bytes(self, message: str | bytes) -> int:
+        """Bytes of audio the frame just handled carried, for the audio-rate limit (v1: binary frames)."""
+        return len(message) if isinstance(message, bytes) else 0
 
     # -- shared ---------------------------------------------------------------------------------------------
 
@@ -97,8 +105,8 @@ class Listener:
                     await self.on_audio(message)
                 wait = frame_budget.take(1)
                 bps = self.session.bytes_per_second if self.session else None
-                if bps and isinstance(message, bytes):
-                    wait = max(wait, audio_budget.take(len(message) / bps))
+                if bps and (n_bytes := self.audio_bytes(message)):
+                    wait = max(wait, audio_budget.take(n_bytes / bps))
                 if wait > 0:
                     if not told_throttled:
                         told_throttled = True
@@ -140,14 +148,15 @@ class Listener:
         except P.ProtocolError as exc:
             await self.send(P.error(exc.code, exc.message))
 
-    async def _start(self, start: P.Start) -> None:
+    async def _start(self, start: P.Start, session_id: str | None = None) -> None:
+        """`session_id`: one the adapter has told its client already (a resumed session keeps its own)."""
         if self.session is not None:
             raise P.ProtocolError(P.ALREADY_STARTED, "this stream has started already; open a new connection "
                                                      "for a new stream")
         # Checked before anything is taken or made, so that a refused start leaves the connection free for another.
         room = start.room or (P.check_room(self.url_room) if self.url_room is not None else None)
         resumed = await self._take_over(start) if start.resume else None
-        session_id = resumed.session if resumed else uuid.uuid4().hex[:12]
+        session_id = resumed.session if resumed else session_id or new_session_id()
         sink = OutputSink(session_id, self.app.store, self.deliver, self.app.cluster)
         session = Session(session_id, self.app.engine, self.segmenter_config(), self.app.vad_factory, sink,
                           self.app.rooms, resumed)

@@ -101,6 +101,17 @@ class Segmenter:
             return []
         return [self._close(self._pos)] if self._open else []
 
+    def clear(self) -> None:
+        """Drops every sample not yet in a final: the open window (it gets no final; the next window takes its
+        segment number) and the recent audio an opening window could reach back to. The stream clock goes on:
+        the next window starts after this point."""
+        self._pos += len(self._pending)
+        self._pending = np.zeros(0, np.float32)
+        self._chunks, self._buf_start, self._buf_len = [], self._pos, 0
+        self._floor = self._pos
+        self._open = self._unvoiced_resume = False
+        self._voiced_run = self._silence_run = self._since_partial = 0
+
     # -- internals ---------------------------------------------------------------------------------------------
 
     def _step(self, frame: np.ndarray, events: list[Window]) -> None:

@@ -91,6 +91,7 @@ class Session:
         self._recent: deque[dict] = deque(resumed.finals if resumed else (), maxlen=RECENT_FINALS)
         self._covered = resumed.covered if resumed else 0
         self._cut_open = False
+        self._cleared_to = 0  # stream sample up to which audio was dropped by `clear`: older partials are stale
         self.ended = False
 
     @property
@@ -140,8 +141,20 @@ class Session:
             samples, self._skip = samples[dropped:], self._skip - dropped
         self._dispatch(self._segmenter.push(samples))
 
-    def finalize(self) -> None:
-        self._dispatch(self._segmenter.finalize())
+    def finalize(self) -> bool:
+        """Closes the open window now; False when there was none (nothing heard since the last final)."""
+        windows = self._segmenter.finalize()
+        self._dispatch(windows)
+        return bool(windows)
+
+    def clear(self) -> int:
+        """Drops the audio not yet in a final (OpenAI Realtime's input_audio_buffer.clear): the open window gets no
+        final, and its partials still being transcribed are not sent. Returns the segment number the next window
+        takes: the dropped window's own, so that numbering stays gapless."""
+        self._segmenter.clear()
+        self._cleared_to = self._segmenter.position
+        self._last_partial.pop(self._open_segment, None)
+        return self._open_segment
 
     async def stop(self, reason: str | None = None) -> None:
         """Flushes: every open window becomes a final, all finals are delivered, then `end` (with the reason when
@@ -214,8 +227,8 @@ class Session:
         except BackendError:
             return  # a partial is advisory: the window's final will report the failure if it persists
         last_end, last_text = self._last_partial.get(w.segment, (-1, ""))
-        if text is None or w.segment < self._open_segment or last_end >= w.end:
-            return  # superseded, or its final is already on its way
+        if text is None or w.segment < self._open_segment or last_end >= w.end or w.end <= self._cleared_to:
+            return  # superseded, its final is already on its way, or its audio was cleared
         self._last_partial[w.segment] = (w.end, text)
         await self.sink.partial(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
                                           stable=stable_prefix(last_text.split(), text.split())))
