@@ -130,7 +130,7 @@ async def test_redis_stopped_for_10_s_mid_stream_captions_go_on_and_fan_out_come
     shown: list[dict] = []
     async with Watcher(viewer_at.url, "outage") as viewer:
         streaming = asyncio.create_task(stream_audio(
-            audio, RATE, speaker_at.url, speed=1.5, on_message=shown.append,
+            audio, RATE, speaker_at.url, speed=2.0, on_message=shown.append,
             start_extra={"room": "outage", "speaker": "Bo"}))
         await until(lambda: viewer.finals, timeout=60, what="the first final at the viewer")
         cluster.redis.stop()
