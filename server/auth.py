@@ -1,7 +1,9 @@
 """Who may do what: speaker tokens stream audio, viewer tokens watch rooms and read transcripts.
 
-A token comes as `Authorization: Bearer T` (or `Token T`, as Deepgram's clients send it), as `?token=T`, or (browsers cannot set headers on a websocket) as
-a websocket subprotocol `bearer.T` offered beside `captions`. Tokens are compared in constant time.
+A token comes as `Authorization: Bearer T` (or `Token T`, as Deepgram's clients send it), as `?token=T`, or, since
+browsers cannot set headers on a websocket, as websocket subprotocols: ours, `bearer.T` offered beside
+`captions`; Deepgram's browser form, `token` then `T`; OpenAI's, `openai-insecure-api-key.T` beside `realtime`.
+Tokens are compared in constant time.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from .config import AuthConfig
 
 SUBPROTOCOL = "captions"
 BEARER_PREFIX = "bearer."
+DEEPGRAM_SUBPROTOCOL = "token"  # new WebSocket(url, ["token", KEY]): the key is the next one offered
+OPENAI_SUBPROTOCOL, OPENAI_KEY_PREFIX = "realtime", "openai-insecure-api-key."
 
 SPEAK, WATCH = "speak", "watch"
 OK, UNAUTHORIZED, FORBIDDEN = 0, 4401, 4403  # close codes
@@ -23,10 +27,13 @@ def token_from(headers, params: dict) -> str | None:
         return value.strip()
     if params.get("token"):
         return params["token"]
-    for proto in headers.get("Sec-WebSocket-Protocol", "").split(","):
-        proto = proto.strip()
-        if proto.startswith(BEARER_PREFIX):
-            return proto[len(BEARER_PREFIX):]
+    offered = [p.strip() for p in ",".join(headers.get_all("Sec-WebSocket-Protocol")).split(",") if p.strip()]
+    for i, proto in enumerate(offered):
+        for prefix in (BEARER_PREFIX, OPENAI_KEY_PREFIX):
+            if proto.startswith(prefix):
+                return proto[len(prefix):]
+        if proto == DEEPGRAM_SUBPROTOCOL and i + 1 < len(offered):
+            return offered[i + 1]
     return None
 
 
@@ -51,5 +58,6 @@ def check(cfg: AuthConfig, action: str, token: str | None) -> int:
 
 
 def select_subprotocol(connection, offered) -> str | None:
-    """Accept `captions` when a browser offers it (the token travels as a second, unselected subprotocol)."""
-    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+    """The protocol name a browser offered beside its token (the token itself is never selected): `captions`,
+    Deepgram's `token`, or OpenAI's `realtime`."""
+    return next((name for name in (SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL) if name in offered), None)

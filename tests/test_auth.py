@@ -91,3 +91,24 @@ async def test_tls(tmp_path):
         assert (await accepted(url, ssl=trust))["type"] == "ready"
         health = json.loads(urllib.request.urlopen(http_base(url) + "/healthz", context=trust, timeout=10).read())
         assert health["status"] == "ok"
+
+
+async def test_deepgram_and_openai_browser_clients_send_their_key_as_subprotocols(auth_url):
+    """Browsers cannot set headers on a websocket: Deepgram's take ["token", KEY], OpenAI's ["realtime",
+    "openai-insecure-api-key.KEY"]. The key is read from there and the protocol name selected, never the key."""
+    base = auth_url.removesuffix("/v1/listen")
+    deepgram = base + "/v1/listen?encoding=linear16&sample_rate=16000"
+    async with connect(deepgram, subprotocols=["token", SPEAKER]) as ws:
+        assert ws.subprotocol == "token"
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "Metadata"
+    with pytest.raises(InvalidStatus) as bad:
+        await connect(deepgram, subprotocols=["token", "wrong-key"])
+    assert bad.value.response.status_code == 401
+    realtime = base + "/v1/realtime?intent=transcription"
+    async with connect(realtime, subprotocols=["realtime", f"openai-insecure-api-key.{SPEAKER}"]) as ws:
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "session.created"
+    with pytest.raises(InvalidStatus) as bad:
+        await connect(realtime, subprotocols=["realtime", "openai-insecure-api-key.wrong-key"])
+    assert bad.value.response.status_code == 401
