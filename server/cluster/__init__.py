@@ -109,17 +109,18 @@ class Cluster:
         """A transcript from Redis, or None (Redis away, or nothing there: the caller reads the local JSONL)."""
         if not self.link.up:
             return None
-        key, finals, start = self._keys.finals(kind, name), [], "-"
+        key, lines, start = self._keys.finals(kind, name), [], "-"
         try:
             while True:
                 entries = await self.link.call(self.link.client.xrange, key, min=start, count=PAGE)
-                finals += [{**json.loads(fields[b"final"])} for _, fields in entries]
+                lines += [fields[b"final"] for _, fields in entries]
                 if len(entries) < PAGE:
                     break
                 start = "(" + entries[-1][0].decode()
         except FAILURES:
             return None
-        return finals or None
+        # up to redis.transcript_max lines: parsed in a thread, off the event loop
+        return await asyncio.to_thread(lambda: [json.loads(line) for line in lines]) if lines else None
 
     # -- sessions ----------------------------------------------------------------------------------------------
 
