@@ -237,7 +237,7 @@ class DeepgramListener(Listener):
         await self.session.stop()
 
     def _next_segment(self) -> int:
-        return self.session.state().next_segment  # segments below it have their finals on the way
+        return self.session.next_segment  # segments below it have their finals on the way
 
     def _configured(self, msg: dict) -> dict:
         """Configure: our models take keyterms only at connect (as the stream's context); formatting features
@@ -333,12 +333,7 @@ class DeepgramListener(Listener):
 
 def _control(text: str) -> dict:
     """One client text frame -> a JSON object with a string `type`; raises ProtocolError."""
-    if len(text) > P.MAX_TEXT_FRAME:
-        raise P.ProtocolError(P.BAD_MESSAGE, f"text frame of {len(text)} characters exceeds {P.MAX_TEXT_FRAME}")
-    try:
-        msg = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise P.ProtocolError(P.BAD_JSON, f"text frame is not valid JSON: {exc}"[:300]) from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+    msg = P.load_object(text)
+    if not isinstance(msg.get("type"), str):
         raise P.ProtocolError(P.BAD_MESSAGE, 'a message must be a JSON object with a string "type"')
     return msg

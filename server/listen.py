@@ -232,9 +232,10 @@ class Listener:
                 try:
                     await session.detach()
                 finally:  # even if the flush was cut short (shutdown), a resume waiting for it must not hang
-                    self.app.resumable.hold(session.state())
+                    state = session.state()
+                    self.app.resumable.hold(state)
                 if cluster is not None:
-                    await cluster.session_held(session.state())
+                    await cluster.session_held(state)
                 log.info("session %s %s: flushed, resumable for %.0f s", session.id,
                          "drained" if self.draining else "dropped", self.lim.resume_s)
             else:

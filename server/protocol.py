@@ -75,8 +75,8 @@ class Ping:
 ClientMessage = Start | Finalize | Stop | Ping
 
 
-def parse_client_text(text: str) -> ClientMessage:
-    """Parses one client text frame; raises ProtocolError with a code from the list above."""
+def load_object(text: str) -> dict:
+    """One client text frame as a JSON object (any protocol's); raises ProtocolError (bad_message, bad_json)."""
     if len(text) > MAX_TEXT_FRAME:
         raise ProtocolError(BAD_MESSAGE, f"text frame of {len(text)} characters exceeds {MAX_TEXT_FRAME}")
     try:
@@ -85,6 +85,12 @@ def parse_client_text(text: str) -> ClientMessage:
         raise ProtocolError(BAD_JSON, f"text frame is not valid JSON: {exc}"[:300]) from None
     if not isinstance(msg, dict):
         raise ProtocolError(BAD_MESSAGE, "a message must be a JSON object")
+    return msg
+
+
+def parse_client_text(text: str) -> ClientMessage:
+    """Parses one client text frame; raises ProtocolError with a code from the list above."""
+    msg = load_object(text)
     kind = msg.get("type")
     if kind == "start":
         return _parse_start(msg)

@@ -95,6 +95,11 @@ class Session:
         self.ended = False
 
     @property
+    def next_segment(self) -> int:
+        """The number the next window's final gets: those below it are submitted."""
+        return self._open_segment
+
+    @property
     def started(self) -> bool:
         return self._segmenter is not None
 

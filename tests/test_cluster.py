@@ -16,7 +16,6 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bench.cluster import cluster as start_cluster
-from bench.server import health
 from client.mic import CaptionLink
 from client.stream import stream_audio
 

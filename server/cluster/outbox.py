@@ -36,7 +36,6 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.dropped = 0  # kept writes pushed out of `pending` by newer ones during a long outage
-        self.writes = 0  # commands written (bench: Redis operations per final)
         link.on_up.append(self._resume)
 
     def start(self) -> None:
@@ -94,13 +93,11 @@ class Outbox:
             pipe = self._link.client.pipeline(transaction=True)
             for op in batch:
                 op.write(pipe)
-            count = len(pipe)
             try:
                 results = await self._link.call(pipe.execute, raise_on_error=False)
             except FAILURES:
                 self._keep(batch)
                 continue
-            self.writes += count
             for result in results:
                 if isinstance(result, Exception):  # a bad command, not Redis away: say so, go on
                     log.error("a Redis write failed: %s", result)
