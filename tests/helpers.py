@@ -91,3 +91,20 @@ def continuous_speech(seconds: float = 25.0) -> np.ndarray:
     speech = np.concatenate([trim_silence(load_16k(n)) for n in names])
     assert len(speech) >= seconds * RATE
     return speech[:int(seconds * RATE)]
+
+
+async def room_finals(ws_url: str, room: str, timeout: float = 20.0) -> list[dict]:
+    """The finals of a room's transcript (GET /v1/transcripts/rooms/NAME.json), once it exists."""
+    import asyncio
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{http_base(ws_url.split('?')[0])}/v1/transcripts/rooms/{room}.json"
+    for _ in range(int(timeout / 0.2)):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return json.load(r)["finals"]
+        except urllib.error.HTTPError:
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no transcript for room {room} after {timeout} s")

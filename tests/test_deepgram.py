@@ -22,7 +22,8 @@ from server import deepgram as dg
 from server.config import load_config
 from server.protocol import MAX_CONTEXT
 
-from .helpers import RATE, continuous_speech, heard, http_base, join_with_silence, load_16k, server_process
+from .helpers import (RATE, continuous_speech, heard, http_base, join_with_silence, load_16k, room_finals,
+                      server_process)
 
 with warnings.catch_warnings():  # the SDK's async client imports websockets.legacy, deprecated since 14.0
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -307,3 +308,19 @@ async def test_bad_input_gets_deepgram_errors_and_harms_no_one(server, audio, v1
     fields = lambda r: [(f["segment"], f["start"], f["end"], f["text"]) for f in r.finals]  # noqa: E731
     assert fields(result) == fields(v1_reference) and result.messages[-1]["type"] == "end"
     assert not [m for m in result.messages if m["type"] == "error"]
+
+
+async def test_a_dropped_deepgram_stream_still_gets_its_open_window_into_the_room_transcript(server):
+    """No CloseStream, the TCP connection simply gone mid-speech: the server flushes the open window into a
+    final (transcript and room) and holds nothing for resuming (Deepgram streams cannot resume)."""
+    room = "deepgram-drop"
+    ws = await connect(server + f"?encoding=linear16&sample_rate=16000&room={room}&token={KEY}")
+    pcm = encode(load_16k("jfk_16k.wav")[:3 * RATE], "pcm_s16le")  # "And so my fellow Americans", mid-window
+    for i in range(0, len(pcm), RATE // 5):
+        await ws.send(pcm[i:i + RATE // 5])
+    await asyncio.sleep(1.0)
+    ws.transport.abort()
+    finals = await room_finals(server, room)
+    assert "fellow" in " ".join(f["text"] for f in finals).lower(), finals
+    with urllib.request.urlopen(http_base(server) + "/healthz", timeout=5) as r:
+        assert json.load(r)["resumable"] == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,7 +30,7 @@ from server.session import Session
 from server.sink import OutputSink
 from server.vad import VadFactory, make_vad
 
-from .helpers import RATE, heard, join_with_silence, load_16k, server_process, trim_silence
+from .helpers import RATE, heard, http_base, join_with_silence, load_16k, room_finals, server_process, trim_silence
 
 KEY = "good-key"
 RT_RATE = 24000
@@ -399,3 +400,22 @@ async def test_bad_input_gets_openai_errors_and_harms_nothing(server):
     check_items([e for e in events if e["type"] != "error"])
     result = await asyncio.wait_for(v1, 120)
     assert result.ready["protocol"] == 1 and heard("jfk_16k.wav", result.text, 0.35)
+
+
+async def test_a_dropped_realtime_stream_still_gets_its_open_window_into_the_room_transcript(server):
+    """No commit, the TCP connection simply gone mid-speech: the open window still becomes a final (transcript
+    and room), and nothing is held for resuming (Realtime sessions cannot resume)."""
+    url, base = server
+    room = "realtime-drop"
+    ws = await connect(f"{base}/realtime?intent=transcription&room={room}&token={KEY}")
+    assert json.loads(await ws.recv())["type"] == "session.created"
+    pcm = encode(to_24k(load_16k("jfk_16k.wav")[:3 * RATE]), "pcm_s16le")  # "And so my fellow Americans"
+    for i in range(0, len(pcm), CHUNK * 2):
+        await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                  "audio": base64.b64encode(pcm[i:i + CHUNK * 2]).decode()}))
+    await asyncio.sleep(1.0)
+    ws.transport.abort()
+    finals = await room_finals(url, room)
+    assert "fellow" in " ".join(f["text"] for f in finals).lower(), finals
+    with urllib.request.urlopen(http_base(url.split("?")[0]) + "/healthz", timeout=5) as r:
+        assert json.load(r)["resumable"] == 0
