@@ -13,6 +13,12 @@ share a batch with finals there.
 A backend call that runs past batch_timeout_s fails its windows, and the engine is then *stalled* until that call
 returns: queued windows fail at once instead of each waiting out the timeout, /healthz says why, and the server
 takes no new streams. No second thread is started (it would queue behind the stuck one), so threads never pile up.
+
+Below captions there is a lowest-priority lane (run_low) for other blocking work on the same model and thread: one
+bounded slice at a time (a few LLM-mode decode steps for "ask the meeting", an embedding of 16 sentences), run only
+while no caption window, final or partial, is queued. Caption batches always go first, and a window that arrives
+while a slice runs waits for that one slice at most: slices are kept to a few tens of milliseconds by their callers.
+A slice shares the batch timeout and the stall with batches, and fails fast while the engine is stalled.
 """
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ class EngineStats:
     failed_windows: int = 0  # windows whose batch failed or timed out (their finals carry backend_error)
     audio_seconds: float = 0.0
     compute_seconds: float = 0.0
+    low_slices: int = 0  # run_low calls run (see the module docstring), and their time in the worker
+    low_seconds: float = 0.0
 
 
 class Engine:
@@ -73,6 +81,7 @@ class Engine:
         self._drafts = cfg.drafts and backend.uses_drafts
         self._finals: deque[_Request] = deque()
         self._partials: dict[str, _Request] = {}  # insertion order = age
+        self._low: deque[tuple[Callable, tuple, asyncio.Future]] = deque()  # run_low slices, oldest first
         self._wake = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task | None = None
@@ -90,9 +99,9 @@ class Engine:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for req in [*self._finals, *self._partials.values()]:
-            if not req.future.done():
-                req.future.cancel()
+        for future in [*(r.future for r in [*self._finals, *self._partials.values()]), *(f for *_, f in self._low)]:
+            if not future.done():
+                future.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.backend.close)
 
@@ -136,6 +145,19 @@ class Engine:
         self._wake.set()
         return future
 
+    async def run_low(self, fn: Callable, *args):
+        """Runs ``fn(*args)``, one bounded slice of blocking work, in the worker thread when no caption window is
+        queued; returns its result or raises its exception (BackendError if it ran past batch_timeout_s, or at once
+        while the engine is stalled). Cancelled, it is skipped if it has not started; close() cancels it."""
+        if self.stalled:
+            raise BackendError(self.stalled)
+        if self._task is None or self._task.done():
+            raise BackendError("the engine is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._low.append((fn, args, future))
+        self._wake.set()
+        return await future
+
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []
         while self._finals and len(batch) < self._max_batch:
@@ -162,6 +184,11 @@ class Engine:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if not self.queue_depth and self._low:
+                await self._run_low_slice()  # then captions queued meanwhile, if any, before the next slice
+                if not self.queue_depth and not self._low:
+                    self._wake.clear()
+                continue
             if self.queue_depth < self._max_batch and self._max_wait > 0:
                 await asyncio.sleep(self._max_wait)  # let concurrent streams join this batch
             try:
@@ -173,7 +200,7 @@ class Engine:
                 self._partials.clear()
                 self._fail(queued, "the engine could not schedule this window")
                 batch = []
-            if not self.queue_depth:
+            if not self.queue_depth and not self._low:
                 self._wake.clear()
             if not batch:
                 continue
@@ -184,14 +211,9 @@ class Engine:
             try:
                 audios, contexts = [r.audio for r in batch], [r.context for r in batch]
                 drafts = [r.draft for r in batch] if self._drafts else None
-                work = asyncio.wrap_future(self._pool.submit(self.backend.transcribe, audios, drafts, contexts))
-                done, _ = await asyncio.wait({work}, timeout=self._timeout)
-                if not done:
-                    # A call cannot be interrupted, and a second thread would only queue behind it (backends run
-                    # one batch at a time): the engine is stalled until this call returns.
+                work = await self._in_worker(self.backend.transcribe, audios, drafts, contexts)
+                if work is None:
                     log.error("a batch of %d windows ran past %.0f s: backend stalled", len(batch), self._timeout)
-                    self.stalled_since = time.monotonic()
-                    work.add_done_callback(self._unstall)
                     self._fail(batch, f"the batch ran past {self._timeout:.0f} s")
                     continue
                 texts = work.result()
@@ -212,6 +234,43 @@ class Engine:
                     self.on_batch([(r.final, now - r.submitted) for r in batch])
                 except Exception:  # noqa: BLE001 - bookkeeping must never stop the engine
                     log.exception("on_batch failed")
+
+    async def _in_worker(self, fn: Callable, *args) -> asyncio.Future | None:
+        """Runs fn(*args) in the worker thread: its finished future, or None if it ran past batch_timeout_s.
+
+        A call cannot be interrupted, and a second thread would only queue behind it (backends run one batch at a
+        time): the engine is then stalled until this call returns."""
+        work = asyncio.wrap_future(self._pool.submit(fn, *args))
+        done, _ = await asyncio.wait({work}, timeout=self._timeout)
+        if done:
+            return work
+        self.stalled_since = time.monotonic()
+        work.add_done_callback(self._unstall)
+        return None
+
+    async def _run_low_slice(self) -> None:
+        fn, args, future = self._low.popleft()
+        try:
+            if future.done():  # its caller went away before it started
+                return
+            if self.stalled:
+                future.set_exception(BackendError(self.stalled))
+                return
+            t0 = time.perf_counter()
+            work = await self._in_worker(fn, *args)
+            self.stats.low_slices += 1
+            self.stats.low_seconds += time.perf_counter() - t0
+            if work is None:
+                log.error("a low-priority call ran past %.0f s: backend stalled", self._timeout)
+                future.set_exception(BackendError(f"the call ran past {self._timeout:.0f} s"))
+            elif (exc := work.exception()) is not None:  # retrieved even where its caller went away meanwhile
+                if not future.done():
+                    future.set_exception(exc)
+            elif not future.done():
+                future.set_result(work.result())
+        finally:
+            if not future.done():
+                future.cancel()  # the engine closed while it ran: its caller must not wait forever
 
     def _unstall(self, work: asyncio.Future) -> None:
         log.warning("the stalled batch returned after %.0f s: the engine serves again",

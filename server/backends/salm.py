@@ -3,6 +3,9 @@
 The audio prompt is built as ``SALM.generate`` builds it; decoding is our greedy loop (salm_decode.py), which gives
 the same tokens and can check the previous partial's text as a draft. Imports nothing from the rest of the server
 package.
+
+The same model also serves as a plain LLM (Canary-Qwen's "LLM mode": Qwen3 with the LoRA adapter off, for summaries
+and questions over a transcript): ``SalmBackend.llm_mode()``; the decoding for it is server/intelligence/salm_llm.py.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,9 +93,18 @@ class SalmBackend:
             # Leave a core to the event loop: with every core in torch's matmuls, pings and audio wait.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
-        # Merged before the cast, so that W + BA is rounded to bf16 once.
-        self.lora_merged = merge_lora and merge_lora_into_llm(salm)
+        # Merged before the cast, so that W + BA is rounded to bf16 once. The pre-merge weights are kept for llm_mode.
+        had_adapter = _has_adapter(salm)
+        self._base_weights = merge_lora_into_llm(salm) if merge_lora else None
+        self.lora_merged = self._base_weights is not None
         salm.to(device=self._device, dtype=dtype)
+        # Cast as the model was: bf16(W) is what the unmerged model cast to bf16 runs with its adapter disabled.
+        for i, (module, name, weight) in enumerate(self._base_weights or []):
+            self._base_weights[i] = (module, name, _frozen(weight.to(device=self._device, dtype=dtype)))
+        # Whether llm_mode() can run the LLM without the adapter: with an adapter, merged (the kept base weights)
+        # or not (peft's disable_adapter). Without one there is no "unadapted" LLM to go back to.
+        self.llm_mode_available = had_adapter
+        self.llm_base_bytes = sum(w.numel() * w.element_size() for _, _, w in self._base_weights or [])
         # eval() already skips dither, but zero it explicitly so features are deterministic whatever the mode.
         salm.cfg.perception.preprocessor.dither = 0.0
         salm.perception.preprocessor.featurizer.dither = 0.0
@@ -108,6 +121,7 @@ class SalmBackend:
         # One batch at a time: the static KV caches are reused from batch to batch, and a batch the engine gave up
         # on (batch_timeout_s) may still be running when the next one starts.
         self._lock = threading.Lock()
+        self._llm_thread: int | None = None  # the thread inside llm_mode(): llm_logits runs only there
         self.stats = DecodeStats()  # running totals, for benchmarks and logs
         # Texts this backend returned lately -> the ids it decoded them from. A draft comes back as text, and
         # re-tokenizing text need not give back the same ids (byte-level BPE is not canonical on model output).
@@ -197,27 +211,124 @@ class SalmBackend:
     def decode_stats(self) -> dict[str, int]:
         return dataclasses.asdict(self.stats)
 
+    @contextmanager
+    def llm_mode(self):
+        """While inside: the LLM runs without the LoRA adapter (plain Qwen3), and no caption batch runs.
+
+        Holds the backend's lock throughout, so a batch never sees the base weights; callers keep what they do
+        inside to one bounded slice (a prefill, a few decode steps), as captions wait for it. With the adapter
+        merged, the merged and the kept base Parameter objects of each adapted linear are swapped in and back out:
+        no copy, well under a millisecond. Unmerged, peft's own ``disable_adapter()`` does it.
+
+        CUDA graphs (salm_decode's static path) captured the addresses of the merged weights. Swapping Parameter
+        objects never writes into those tensors, so after the swap back a replayed graph reads the merged weights
+        unchanged; but a graph replayed inside this block would still read the merged ones, so LLM-mode work must
+        take the dynamic path (plain forwards over its own DynamicCache, as salm_llm.LlmJob does), never
+        ``self._decoder.decode``. Copying the base weights in (``weight.copy_``) would keep graphs valid too, but
+        costs two 350 MB copies per slice at full size.
+        """
+        if not self.llm_mode_available:
+            raise RuntimeError(f"{self.model}: no LoRA adapter, so no unadapted LLM to run")
+        with self._lock, self._salm.llm.disable_adapter() if self._base_weights is None else self._base_weights_in():
+            self._llm_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._llm_thread = None
+
+    @property
+    def tokenizer(self):
+        """The LLM's own (Hugging Face) tokenizer, with its chat template if the checkpoint ships one."""
+        return self._salm.tokenizer.tokenizer
+
+    def llm_cache(self):
+        """An empty KV cache for llm_logits: one text-only sequence, held by its caller between slices."""
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self._decoder.config)
+
+    def llm_logits(self, ids: list[int], cache) -> "torch.Tensor":
+        """Float logits (vocab,) after the last of ``ids``, which are appended to ``cache``; only inside llm_mode.
+
+        One sequence without padding, so positions simply continue from the cache's length. The plain dynamic
+        forward (see llm_mode on why never the static/graph path)."""
+        if self._llm_thread != threading.get_ident():
+            raise RuntimeError("llm_logits outside llm_mode() would run the adapted (captioning) LLM")
+        torch = self._torch
+        past = cache.get_seq_length()
+        tokens = torch.tensor([ids], dtype=torch.long, device=self._device)
+        mask = torch.ones((1, past + len(ids)), dtype=torch.long, device=self._device)
+        positions = torch.arange(past, past + len(ids), device=self._device)[None]
+        with torch.inference_mode():
+            logits = self._decoder.forward(self._salm.embed_tokens(tokens), mask, cache, keep=1, positions=positions)
+        return logits[0, -1].float()
+
+    @contextmanager
+    def _base_weights_in(self):
+        kept = self._base_weights  # the same list back out, even if close() drops it meanwhile
+        _swap(kept)
+        try:
+            yield
+        finally:
+            _swap(kept)
+
     def close(self) -> None:
         device = self._device
         self._salm = None
+        self._base_weights = None
+        self.llm_mode_available = False
         if device.type == "cuda":
             self._torch.cuda.empty_cache()
 
 
-def merge_lora_into_llm(salm) -> bool:
+def _has_adapter(salm) -> bool:
+    from peft import PeftModel
+
+    return isinstance(salm.llm, PeftModel)
+
+
+def merge_lora_into_llm(salm) -> list[tuple] | None:
     """Folds SALM's LoRA adapter into the LLM's weights (W += scale * B @ A) and drops the adapter layers.
 
     Inference then runs the plain LLM: no extra low-rank matmuls per projection and no peft wrappers. The model
-    can no longer switch its adapter off (``llm.disable_adapter()``) nor be saved as a LoRA checkpoint.
-    Returns whether there was an adapter to merge.
-    """
-    from peft import PeftModel
+    can no longer switch its adapter off (``llm.disable_adapter()``) nor be saved as a LoRA checkpoint; so that it
+    can still run without the adapter (SalmBackend.llm_mode), the pre-merge weights of every adapted layer are
+    kept. Returns them as (module, parameter name, pre-merge Parameter), the module being the plain linear left in
+    the merged model; None if there was no adapter to merge.
 
-    if not isinstance(salm.llm, PeftModel):
-        return False
+    What is kept: a copy of W of each LoRA-targeted linear (peft merges in place, ``weight.data += delta``), and of
+    its bias where the adapter has one (lora_bias; Canary-Qwen's has none). For Canary-Qwen (q_proj, v_proj of
+    Qwen3-1.7B: 28 layers, hidden 2048; q 16 heads x 128 = 2048 out, v 8 KV heads x 128 = 1024 out) that is
+    28 x (2048 + 1024) x 2048 = 176,160,768 parameters: 352,321,536 bytes in bf16 (336 MiB), about 7 % of the
+    model's ~5 GB. The tiny test model keeps 2 x (64 + 32) x 64 = 12,288 parameters, 49,152 bytes in fp32.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if not _has_adapter(salm):
+        return None
+    kept = []
+    for layer in salm.llm.modules():
+        if isinstance(layer, BaseTunerLayer):
+            base = layer.get_base_layer()  # the module merge_and_unload puts back in the wrapper's place
+            names = ["weight"] + (["bias"] if any(getattr(layer, "lora_bias", {}).values()) else [])
+            kept += [(base, name, _frozen(getattr(base, name).detach().clone())) for name in names]
     # SALM keeps embed_tokens outside the LLM; merging touches only the LoRA-wrapped linear layers.
     salm.llm = salm.llm.merge_and_unload()
-    return True
+    return kept
+
+
+def _swap(kept: list[tuple]) -> None:
+    """Exchanges each adapted linear's current Parameter with the kept one: calling it twice restores both."""
+    for i, (module, name, other) in enumerate(kept):
+        kept[i] = (module, name, getattr(module, name))
+        setattr(module, name, other)
+
+
+def _frozen(tensor):
+    """A Parameter (what nn.Module accepts in a parameter's slot), outside autograd: it only ever runs inference."""
+    import torch
+
+    return torch.nn.Parameter(tensor, requires_grad=False)
 
 
 def cut_at_eos(ids: list[int], eos_id: int, pad_id: int | None) -> list[int]:

@@ -1,0 +1,1 @@
+"""Meeting intelligence: questions answered from, and summaries of, a meeting's transcript."""
