@@ -270,8 +270,80 @@ def schedule(streams: int, seconds: float, window_s: float, interval_s: float, o
     return sorted(events, key=lambda e: e.t)
 
 
+# -- ask the meeting: Canary-Qwen's Qwen3 with the LoRA off, beside the captions -----------------------------------
+
+ASK_QUESTION = "What did the speakers decide, and who will do what next?"
+ASK_TOKENS = 64  # tokens an answer decodes (random weights never stop early at full size: 3 stop ids of 151,936)
+
+
+def ask_messages(backend) -> list[dict]:
+    """An ask over a long meeting: the manifest's transcripts as lines, in turn, cut to the server's default prompt
+    budget (intelligence.context_tokens), as the server builds it."""
+    from server.config import IntelligenceConfig
+    from server.intelligence import prompt
+
+    from .clips import read_manifest
+
+    texts = [c.reference for c in read_manifest(AUDIO / "MANIFEST.tsv")]
+    lines = [{"session": "s0", "segment": i, "start": 10.0 * i, "end": 10.0 * i + 9.5, "text": texts[i % len(texts)]}
+             for i in range(400)]
+    count = lambda t: len(backend.tokenizer.encode(t, add_special_tokens=False))  # noqa: E731
+    return prompt.ask_messages(ASK_QUESTION, lines, IntelligenceConfig().context_tokens, count)
+
+
+def ask_alone(backend, device: str) -> dict:
+    """One ask on an idle model: prompt tokens, prefill time, decode rate, slice times, kept base weights."""
+    from server.intelligence.salm_llm import LlmJob
+
+    job = LlmJob(backend, ask_messages(backend), ASK_TOKENS)
+    sync(device)
+    t0 = time.perf_counter()
+    job.prefill()
+    sync(device)
+    prefill = time.perf_counter() - t0
+    slices = []
+    while not job.done:
+        t = time.perf_counter()
+        job.step(4)
+        sync(device)
+        slices.append(time.perf_counter() - t)
+    return {"prompt_tokens": len(job.prompt_ids), "new_tokens": job.tokens, "prefill_s": prefill,
+            "decode_tokens_per_s": (job.tokens - 1) / sum(slices) if slices else None,
+            "slice_s": {"p50": pct(slices, 50), "max": max(slices, default=None)},
+            "total_s": prefill + sum(slices), "kept_base_weights_mb": backend.llm_base_bytes / 2**20,
+            "memory": memory(device)}
+
+
+async def asker(engine, backend, messages, stop: asyncio.Event, out: dict) -> None:
+    """Asks back to back through the engine's lowest-priority lane, as the server's LocalLLM does."""
+    from server.intelligence.salm_llm import LlmJob
+
+    def timed(fn, *a):
+        t = time.perf_counter()
+        try:
+            return fn(*a)
+        finally:
+            out["slices"].append(time.perf_counter() - t)
+
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        job = LlmJob(backend, messages, ASK_TOKENS)
+        try:
+            await engine.run_low(timed, job.prefill)
+            while not job.done and not stop.is_set():
+                await engine.run_low(timed, job.step, 4)
+        except Exception as exc:  # noqa: BLE001 - counted, not fatal: the captions are what is measured
+            out["errors"].append(f"{type(exc).__name__}: {exc}")
+            return
+        finally:
+            job.close()
+        if job.done:
+            out["seconds"].append(time.perf_counter() - t0)
+
+
 async def live_level(backend, streams: int, args, source: np.ndarray, device: str, bucket: bool = True,
-                     drafts: bool = True, max_batch: int | None = None) -> dict:
+                     drafts: bool = True, max_batch: int | None = None, askers: int = 0) -> dict:
+    """`askers`: that many asks running back to back beside the streams (the engine's lowest-priority lane)."""
     loop = asyncio.get_running_loop()
     max_batch = max_batch or args.live_max_batch
     engine = Engine(Shared(backend), EngineConfig(max_batch=max_batch, max_wait_ms=args.max_wait_ms,
@@ -298,6 +370,10 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
     lag = LoopLag(period_s=0.01, keep=1_000_000)  # a blocked event loop shows here
     lag.start()
     mem_start = memory(device)  # flat memory: allocated at the end of each level matches its start
+    asks = {"seconds": [], "slices": [], "errors": []}
+    stop_asking = asyncio.Event()
+    messages = ask_messages(backend) if askers else None
+    ask_tasks = [asyncio.create_task(asker(engine, backend, messages, stop_asking, asks)) for _ in range(askers)]
     skipped, late, finals = 0, 0.0, []
     t0 = loop.time() + 0.05
     for ev in events:
@@ -318,6 +394,8 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
     if finals:
         await asyncio.wait(finals, timeout=args.drain_s)
     drain = loop.time() - t_end
+    stop_asking.set()
+    await asyncio.gather(*ask_tasks)
     stats = engine.stats
     lag.stop()
     lag_ms = lag.snapshot()
@@ -358,6 +436,11 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
         "driver_late_ms_max": late * 1000,
         "drain_s": drain,
         "memory_start": mem_start, "memory_end": mem_end,
+        **({"asks": {"askers": askers, "done": len(asks["seconds"]), "ask_s": {"p50": pct(asks["seconds"], 50),
+                                                                           "p95": pct(asks["seconds"], 95)},
+                     "slices": len(asks["slices"]),
+                     "slice_s": {"p50": pct(asks["slices"], 50), "max": max(asks["slices"], default=None)},
+                     "errors": asks["errors"][:3]}} if askers else {}),
     }
 
 
@@ -581,11 +664,12 @@ def parse_args(argv):
     p.add_argument("--partial-interval-s", type=float, default=0.5)
     p.add_argument("--slo-s", type=float, default=1.0, help="p95 final latency a level must stay within")
     p.add_argument("--break-s", type=float, default=5.0, help="p95 final latency past which levels stop")
-    p.add_argument("--drain-s", type=float, help="wait for outstanding finals after a level (default 20; tiny 10)")
+    p.add_argument("--drain-s", type=float, help="wait for outstanding finals after a level (default 20; tiny 6)")
     p.add_argument("--budget-s", type=float, help="stop adding live levels past this (default 390; tiny 150)")
     p.add_argument("--no-nemo-pipeline", action="store_true")
     p.add_argument("--static-len", type=int, default=256,
                    help="KV positions of the static-cache decoder (prompt + 10 s of audio + draft + output fit)")
+    p.add_argument("--askers", type=int, default=10, help="asks beside the captions in the ask section")
     p.add_argument("--ablate-n", type=int, help="streams in the bucketing/drafts ablation (default 100; tiny 4)")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -595,7 +679,7 @@ def parse_args(argv):
     args.seconds = args.seconds or (5.0 if tiny else 20.0)
     args.batch = args.batch or (8 if tiny else 64)
     args.repeats = args.repeats or (1 if tiny else 3)
-    args.drain_s = args.drain_s or (10.0 if tiny else 20.0)
+    args.drain_s = args.drain_s or (6.0 if tiny else 20.0)
     args.budget_s = args.budget_s or (150.0 if tiny else 390.0)
     args.ablate_n = args.ablate_n or (4 if tiny else 100)
     return args
@@ -710,6 +794,31 @@ def main(argv: list[str] | None = None) -> int:
         save("live", live)
         print(f"\nlargest N with p95 final latency <= {args.slo_s} s: {live['max_streams_within_slo']} "
               f"({live['stopped']})")
+
+        # 4. ask the meeting (LLM mode): one ask alone, then N streams with and without 10 asks beside them. On the
+        # merged backend, the one that kept the base weights (the static one shares its model, merged already,
+        # under a lock of its own: swapping weights under one while the other captions would be wrong).
+        try:
+            save("ask_alone", ask_alone(merged, device))
+            a = report["ask_alone"]
+            print(f"\nask alone: {a['prompt_tokens']} prompt tokens, prefill {a['prefill_s']:.3f} s, "
+                  f"{fmt(a['decode_tokens_per_s'], 1)} tokens/s, {a['new_tokens']} tokens in {a['total_s']:.2f} s, "
+                  f"slices p50/max {fmt(a['slice_s']['p50'], 4)}/{fmt(a['slice_s']['max'], 4)} s, kept base weights "
+                  f"{a['kept_base_weights_mb']:.0f} MiB")
+            pair = []
+            for askers in (0, args.askers):
+                level = asyncio.run(live_level(merged, args.ablate_n, args, source, device, askers=askers))
+                pair.append(level)
+                asks = level.get("asks", {})
+                print(f"N={args.ablate_n}, {askers} asks beside: final p50/p95 "
+                      f"{fmt(level['final_latency_s']['p50'], 3)}/{fmt(level['final_latency_s']['p95'], 3)} s, "
+                      f"partial p95 {fmt(level['partial_latency_s']['p95'], 3)} s"
+                      + (f"; {asks['done']} asks, p50/p95 {fmt(asks['ask_s']['p50'])}/{fmt(asks['ask_s']['p95'])} s,"
+                         f" slice max {fmt(asks['slice_s']['max'], 4)} s {asks['errors'] or ''}" if asks else ""))
+            save("ask_beside_captions", pair)
+        except Exception as exc:  # noqa: BLE001 - new code first run on a GPU: report, keep the rest
+            report["ask_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"ask the meeting: failed ({report['ask_error']})")
         fastest.close()
 
     save("memory", memory(device))

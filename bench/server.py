@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def server_process(*args: str, log_path: Path, timeout: float = 180.0, module: str = "server"):
+def server_process(*args: str, log_path: Path, timeout: float = 180.0, module: str = "server",
+                   env: dict | None = None):
     """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after.
-    `module`: another entry point that ends in the server's main (tests.stuck_server)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    `module`: another entry point that ends in the server's main (tests.stuck_server); `env`: added variables."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -45,9 +46,9 @@ def server_process(*args: str, log_path: Path, timeout: float = 180.0, module: s
 
 
 @contextmanager
-def run_server(*args: str, log_path: Path, timeout: float = 180.0):
+def run_server(*args: str, log_path: Path, timeout: float = 180.0, env: dict | None = None):
     """Starts `python -m server --port 0 ARGS` and yields its websocket URL; stops it after."""
-    with server_process(*args, log_path=log_path, timeout=timeout) as (url, _):
+    with server_process(*args, log_path=log_path, timeout=timeout, env=env) as (url, _):
         yield url
 
 

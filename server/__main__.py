@@ -112,7 +112,6 @@ def _exit(status: int) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)  # one line per HTTP request is noise
     asyncio.run(serve(args))
 
 

@@ -8,7 +8,7 @@ never be read as Deepgram.
 """
 from __future__ import annotations
 
-from websockets.http11 import Request, Response
+from aiohttp import web
 
 from .config import AuthConfig
 from .listen import Listener
@@ -26,7 +26,7 @@ def adapter_for(path: str, query: dict) -> type[Listener]:
     return Listener
 
 
-def handshake_refusal(cfg: AuthConfig, path: str, query: dict, request: Request) -> Response | None:
+def handshake_refusal(cfg: AuthConfig, path: str, query: dict, request: web.Request) -> web.Response | None:
     """An HTTP answer instead of the websocket handshake, for the adapters whose clients expect a bad key refused
     there; None: go on (protocol v1 refuses after the handshake, with an error message and close 4401/4403)."""
     from . import deepgram, realtime

@@ -1,6 +1,6 @@
 """The caption server's lifecycle: what it owns (engine, rooms, transcripts, live and resumable sessions), starting
 to serve, and shutting down within a deadline. Each connection goes to its handler: listen.py (`/v1/listen`),
-watch.py (`/v1/watch`); plain HTTP to routes.py; who may connect is admission.py's call.
+watch.py (`/v1/watch`); HTTP (and the websocket upgrade) is routes.py's; who may connect is admission.py's call.
 """
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import asyncio
 import logging
 import ssl
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from aiohttp import web
 
 from . import auth, http
 from . import protocol as P
@@ -20,13 +18,15 @@ from .admission import admit
 from .cluster import Cluster
 from .config import ROOT, Config
 from .engine import Engine
+from .intelligence.service import Intelligence
 from .adapters import adapter_for
 from .listen import Listener
 from .looplag import LoopLag
 from .metrics import Metrics
+from .connection import Connection, ConnectionClosed
 from .resume import Resumable, tokens_match
 from .rooms import Rooms
-from .routes import WATCH_PATH, params, route
+from .routes import WATCH_PATH, make_app, params, runner_options
 from .storage import TranscriptStore
 from .vad import VadFactory
 from .watch import watch
@@ -45,7 +45,7 @@ class CaptionServer:
         self.engine = engine
         self.sessions: dict[str, Listener] = {}  # live streams by session id
         self.resumable = Resumable(cfg.limits.resume_s)
-        self.viewers: set[ServerConnection] = set()
+        self.viewers: set[Connection] = set()
         self.rooms = Rooms(cfg.rooms.backlog, cfg.rooms.max_rooms)
         # With redis.url: rooms, transcripts, resume state and presence shared with the other replicas.
         self.cluster = Cluster(cfg, self.rooms, self.release, self.resumable.forget) if cfg.redis.url else None
@@ -57,31 +57,32 @@ class CaptionServer:
         self.closing = False
         self.phase = "serving"  # what shutdown is doing now: said if it passes its deadline
         self._per_ip: Counter[str] = Counter()
-        self._server = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self.loop_lag = LoopLag()
         self.metrics = Metrics(self)
+        self.intelligence = Intelligence(cfg.intelligence, engine)
         engine.on_batch = self.metrics.on_batch
 
     async def start(self) -> None:
-        s, a = self.cfg.server, self.cfg.auth
+        s = self.cfg.server
         tls = None
         if s.certfile:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(_resolve(s.certfile), _resolve(s.keyfile))
         self.engine.start()
         self.loop_lag.start()
+        await self.intelligence.start()
         if self.cluster is not None:
             await self.cluster.start()
-        self._server = await serve(
-            self._handle, s.host, s.port, ssl=tls, process_request=partial(route, self),
-            max_size=self.cfg.limits.max_message_bytes, select_subprotocol=auth.select_subprotocol,
-            open_timeout=self.cfg.limits.handshake_timeout_s,
-            # Non-browser clients send no Origin: an allow-list only constrains browsers.
-            origins=[*a.origins, None] if a.origins else None)
+        self._runner = web.AppRunner(make_app(self), **runner_options(self.cfg))
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, s.host, s.port, ssl_context=tls)
+        await self._site.start()
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
+        return self._runner.addresses[0][1]
 
     @property
     def url(self) -> str:
@@ -89,13 +90,19 @@ class CaptionServer:
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.cfg.server.certfile else 'http'}://{host}:{self.port}/"
 
+    async def finals(self, kind: str, name: str) -> list[dict] | None:
+        """A transcript's finals ("sessions" or "rooms"): with replicas from Redis (every replica's), else (or
+        with Redis away) this replica's own JSONL; None if there is none."""
+        shared = await self.cluster.finals(kind, name) if self.cluster is not None else None
+        return shared if shared is not None else await self.store.finals_async(kind, name)
+
     def release(self, session_id: str, token: str) -> None:
         """Another replica resumes this session (its client reconnected there): drop the connection here, which
         still looks alive, so that the session is flushed and held for the other replica to take."""
         listener = self.sessions.get(session_id)
         if listener is not None and listener.session is not None and tokens_match(listener.session.token, token):
             log.info("session %s: resumed on another replica; dropping its old connection here", session_id)
-            listener.ws.transport.abort()  # its flush ends in the record marked held
+            listener.ws.abort()  # its flush ends in the record marked held
         elif listener is None and not self.resumable.holds(session_id):
             self.cluster.disown(session_id)  # not here (a restart under the same name): nothing to wait for
 
@@ -104,7 +111,7 @@ class CaptionServer:
         with 1001 (with replicas: streams with 1012, their sessions held for resuming on another replica); stop
         the engine and the backend. The caller bounds it all with limits.shutdown_deadline_s."""
         self.closing = True
-        self._server.close(close_connections=False)
+        await self._site.stop()  # no new connections; the open ones stay until they are flushed and closed
 
         async def flush(listener: Listener) -> None:
             if self.cluster is not None and listener.resumable:
@@ -121,9 +128,10 @@ class CaptionServer:
         viewers = [ws.close(1001, "server shutting down") for ws in list(self.viewers)]
         await asyncio.gather(*streams, *viewers, return_exceptions=True)
         self.phase = "waiting for connections to close"
-        await self._server.wait_closed()
+        await self._runner.cleanup()  # waits for the handlers (their flushes) within limits.shutdown_deadline_s
         self.loop_lag.stop()
         self.phase = "closing the engine and the backend"
+        await self.intelligence.close()
         await self.engine.close()
         self.phase = "writing the last transcript lines"
         await asyncio.to_thread(self.store.close)
@@ -132,7 +140,8 @@ class CaptionServer:
             await self.cluster.close(self.cfg.redis.timeout_s * 4)
         self.phase = "stopped"
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def handle(self, ws: Connection) -> None:
+        """One websocket connection, once upgraded (routes.py): admitted or refused, then streamed or watched."""
         path, query = http.split_path(ws.request)
         query = params(query)
         action = auth.WATCH if path == WATCH_PATH else auth.SPEAK

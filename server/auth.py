@@ -27,7 +27,7 @@ def token_from(headers, params: dict) -> str | None:
         return value.strip()
     if params.get("token"):
         return params["token"]
-    offered = [p.strip() for p in ",".join(headers.get_all("Sec-WebSocket-Protocol")).split(",") if p.strip()]
+    offered = [p.strip() for p in ",".join(headers.getall("Sec-WebSocket-Protocol", ())).split(",") if p.strip()]
     for i, proto in enumerate(offered):
         for prefix in (BEARER_PREFIX, OPENAI_KEY_PREFIX):
             if proto.startswith(prefix):
@@ -57,7 +57,6 @@ def check(cfg: AuthConfig, action: str, token: str | None) -> int:
     return FORBIDDEN if _matches(token, cfg.speaker_tokens + cfg.viewer_tokens) else UNAUTHORIZED
 
 
-def select_subprotocol(connection, offered) -> str | None:
-    """The protocol name a browser offered beside its token (the token itself is never selected): `captions`,
-    Deepgram's `token`, or OpenAI's `realtime`."""
-    return next((name for name in (SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL) if name in offered), None)
+# The protocol names a browser may offer beside its token, one of which the server selects (the token itself is
+# never selected): `captions`, Deepgram's `token`, or OpenAI's `realtime`.
+SUBPROTOCOLS = (SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL)

@@ -110,6 +110,25 @@ class RedisConfig:
 
 
 @dataclass
+class IntelligenceConfig:
+    """Ask the meeting (server/intelligence/): summaries and questions over a room's or a session's transcript."""
+    mode: str = "auto"  # auto | extractive | generative | off; auto: generative with llm_url or SALM, else extractive
+    llm_url: str = ""  # an OpenAI-compatible chat API of your own (vLLM, llama.cpp): e.g. http://127.0.0.1:8000/v1
+    llm_model: str = ""  # its model name; empty: the server's first model
+    llm_api_key_env: str = "LLM_API_KEY"  # the environment variable holding its key (unset: no key sent)
+    llm_timeout_s: float = 60.0
+    embedder: str = ""  # extractive mode's sentence-embedding model; empty: all-MiniLM-L6-v2 from its PyPI wheel
+    summary_interval_s: float = 30.0  # a summary is refreshed at most this often, and only after new finals
+    summary_passages: int = 5  # extractive summaries: this many central passages
+    top_k: int = 3  # passages cited by an extractive answer
+    max_concurrent_asks: int = 4  # asks (and summary refreshes) running at once; past it, 429 with Retry-After
+    max_answer_tokens: int = 256  # generative: the token budget of one answer
+    context_tokens: int = 6000  # generative: the prompt's budget; the most recent lines that fit, the summary too
+    max_question_chars: int = 1000
+    ask_timeout_s: float = 120.0  # an ask (or summary refresh) not done by then is a 503 (captions kept the engine busy)
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
@@ -119,6 +138,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    intelligence: IntelligenceConfig = field(default_factory=IntelligenceConfig)
 
     def validate(self) -> "Config":
         s = self.segmenter
@@ -142,7 +162,11 @@ class Config:
             ("limits", ("max_audio_rate", "audio_burst_s", "max_frames_per_s", "idle_timeout_s", "send_timeout_s",
                         "shutdown_deadline_s", "max_session_s", "handshake_timeout_s", "resume_s")),
             ("engine", ("batch_timeout_s",)),
-            ("redis", ("timeout_s", "heartbeat_s", "transcript_max", "pending_max"))) for key in keys}
+            ("redis", ("timeout_s", "heartbeat_s", "transcript_max", "pending_max")),
+            ("intelligence", ("llm_timeout_s", "summary_interval_s", "summary_passages", "top_k",
+                              "max_concurrent_asks", "max_answer_tokens", "context_tokens", "max_question_chars",
+                              "ask_timeout_s")),
+        ) for key in keys}
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, not {value!r}")
@@ -153,6 +177,11 @@ class Config:
         if self.redis.url and not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis.url must be redis://HOST:PORT/DB, rediss://... or unix://PATH, "
                              f"not {self.redis.url!r}")
+        if self.intelligence.mode not in ("auto", "extractive", "generative", "off"):
+            raise ValueError(f"intelligence.mode must be auto, extractive, generative or off, "
+                             f"not {self.intelligence.mode!r}")
+        if self.intelligence.llm_url and not self.intelligence.llm_url.startswith(("http://", "https://")):
+            raise ValueError(f"intelligence.llm_url must be an http(s) URL, not {self.intelligence.llm_url!r}")
         if bool(self.server.certfile) != bool(self.server.keyfile):
             raise ValueError("TLS needs both server.certfile and server.keyfile")
         if not all(isinstance(v, str) and v for v in self.server.trusted_proxies):

@@ -32,6 +32,7 @@ def health(app) -> tuple[dict, int]:
               "engine": dataclasses.asdict(engine.stats)}
     if (stats := backend.decode_stats()) is not None:
         report["decode"] = stats
+    report["intelligence"] = app.intelligence.describe()
     if app.cluster is not None:
         report["redis"] = app.cluster.health()
     return report, 200 if ready else 503

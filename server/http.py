@@ -1,4 +1,5 @@
-"""Plain HTTP answers on the websocket port: the web/ folder, /healthz, /metrics. Anything else is a 404."""
+"""Plain HTTP answers (aiohttp responses) with the headers every answer carries, the web/ folder, and who the
+client is behind a proxy. Which path gets which answer is routes.py's business."""
 from __future__ import annotations
 
 import json
@@ -7,27 +8,30 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote
 
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from aiohttp import web
 
 CSP = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
 
 
-def response(status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> Response:
-    h = Headers({"Content-Type": content_type, "Content-Length": str(len(body)), "Cache-Control": "no-cache",
-                 "X-Content-Type-Options": "nosniff", **headers})
-    return Response(status.value, status.phrase, h, body)
+def response(status: HTTPStatus, body: bytes, content_type: str, **headers: str) -> web.Response:
+    h = {"Content-Type": content_type, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", **headers}
+    return web.Response(status=status.value, body=body, headers=h)
 
 
-def json_response(data: dict, status: HTTPStatus = HTTPStatus.OK) -> Response:
-    return response(status, json.dumps(data).encode(), "application/json")
+def json_response(data: dict, status: HTTPStatus = HTTPStatus.OK, **headers: str) -> web.Response:
+    return response(status, json.dumps(data).encode(), "application/json", **headers)
 
 
-def not_found(path: str) -> Response:
+def error(status: HTTPStatus, message: str, **headers: str) -> web.Response:
+    """A JSON error: {"error": code, "message": why} (docs/protocol.md, HTTP API)."""
+    return json_response({"error": status.phrase.lower().replace(" ", "_"), "message": message}, status, **headers)
+
+
+def not_found(path: str) -> web.Response:
     return response(HTTPStatus.NOT_FOUND, f"404 not found: {path[:200]}\n".encode(), "text/plain; charset=utf-8")
 
 
-def static_file(web_root: Path, path: str) -> Response:
+def static_file(web_root: Path, path: str) -> web.Response:
     """Serves a file under web_root; `/` is index.html. Paths that resolve outside web_root are 404s."""
     rel = unquote(path).lstrip("/") or "index.html"
     root = web_root.resolve()
@@ -43,18 +47,20 @@ def static_file(web_root: Path, path: str) -> Response:
     return response(HTTPStatus.OK, target.read_bytes(), ctype, **{"Content-Security-Policy": CSP})
 
 
-def split_path(request: Request) -> tuple[str, str]:
-    path, _, query = request.path.partition("?")
+def split_path(request: web.BaseRequest) -> tuple[str, str]:
+    """The path as the client sent it (not percent-decoded nor normalized: static_file checks it itself) and the
+    query string."""
+    path, _, query = request.raw_path.partition("?")
     return path, query
 
 
-def client_ip(peer: str, headers: Headers, trusted_proxies: list[str]) -> str:
+def client_ip(peer: str, headers, trusted_proxies: list[str]) -> str:
     """Who the client is: the peer, or, when the peer is a trusted proxy, the nearest address in its
     X-Forwarded-For that is not a trusted proxy itself (the rightmost one: a client can write anything to the
     left of it)."""
     if peer not in trusted_proxies:
         return peer
-    hops = [h.strip() for h in ",".join(headers.get_all("X-Forwarded-For")).split(",") if h.strip()]
+    hops = [h.strip() for h in ",".join(headers.getall("X-Forwarded-For", ())).split(",") if h.strip()]
     for hop in reversed(hops):
         if hop not in trusted_proxies:
             return hop

@@ -10,10 +10,8 @@ import asyncio
 import logging
 import uuid
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
 from . import protocol as P
+from .connection import Connection, ConnectionClosed
 from .cluster.link import FAILURES
 from .limits import TokenBucket
 from .resume import tokens_match
@@ -42,7 +40,7 @@ class Listener:
 
     resumable = True  # a dropped session is held for resuming (protocol v1 can resume; the others cannot)
 
-    def __init__(self, app, ws: ServerConnection, url_room: str | None):
+    def __init__(self, app, ws: Connection, url_room: str | None):
         self.app, self.ws, self.url_room = app, ws, url_room
         self.lim = app.cfg.limits
         self.session: Session | None = None
@@ -82,7 +80,7 @@ class Listener:
                 await asyncio.wait_for(self.ws.send(text), self.lim.send_timeout_s)
             except asyncio.TimeoutError:
                 log.warning("a client stopped reading for %.0f s: dropping it", self.lim.send_timeout_s)
-                self.ws.transport.abort()  # its finals are on disk already, and it may resume
+                self.ws.abort()  # its finals are on disk already, and it may resume
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +193,7 @@ class Listener:
             if not tokens_match(old.session.token, start.resume_token):
                 raise P.ProtocolError(P.RESUME_REFUSED, "wrong resume_token for this session")
             log.info("session %s: resumed from another connection; closing the old one", start.resume)
-            old.ws.transport.abort()
+            old.ws.abort()
             await asyncio.wait_for(old.gone.wait(), self.lim.shutdown_deadline_s)
         return await self.app.resumable.take(start.resume, start.resume_token)
 

@@ -56,7 +56,8 @@ def new_id(prefix: str) -> str:
 
 def handshake_refusal(cfg, query: dict, request):
     """A bad, missing or viewer key is refused at the handshake with OpenAI's HTTP status and JSON error body, so
-    that the SDK's connect raises as it does against OpenAI (websockets' InvalidStatus, carrying the response)."""
+    that the SDK's connect raises as it does against OpenAI (the websockets client's InvalidStatus, carrying the
+    response)."""
     token = auth.token_from(request.headers, query)
     verdict = auth.check(cfg, auth.SPEAK, token)
     if verdict == auth.OK:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from websockets.exceptions import ConnectionClosed
 
+from .connection import ConnectionClosed
 from .rooms import Room
 from .storage import TranscriptStore, record
 

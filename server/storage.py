@@ -30,6 +30,9 @@ class TranscriptStore:
         """Appends one final (durably) off the event loop; returns once it is on disk."""
         await asyncio.get_running_loop().run_in_executor(self._writer, self.append, session_id, room, final)
 
+    async def finals_async(self, kind: str, name: str) -> list[dict] | None:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self.finals, kind, name)
+
     async def render_async(self, kind: str, name: str, fmt: str,
                            finals: list[dict] | None = None) -> tuple[str, str] | None:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.render, kind, name, fmt, finals)

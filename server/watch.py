@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
-
 from . import protocol as P
+from .connection import Connection, ConnectionClosed
 from .rooms import Viewer
 
 
-async def watch(app, ws: ServerConnection, room_name: str | None) -> None:
+async def watch(app, ws: Connection, room_name: str | None) -> None:
     try:
         room = app.rooms.get(P.check_room(room_name))
     except P.ProtocolError as exc:
@@ -44,7 +42,7 @@ async def watch(app, ws: ServerConnection, room_name: str | None) -> None:
         await asyncio.gather(sender, receiver, too_slow, return_exceptions=True)
 
 
-async def _viewer_input(ws: ServerConnection) -> None:
+async def _viewer_input(ws: Connection) -> None:
     """Viewers only listen; they may ping."""
     try:
         async for message in ws:

@@ -7,7 +7,8 @@ from .helpers import run_server
 def cpu_url(tmp_path_factory):
     """One real server on a loopback port with the CPU default: Whisper tiny.en (bundled), int8."""
     log = tmp_path_factory.mktemp("logs") / "whisper-server.log"
-    with run_server("--backend", "whisper", log_path=log) as url:
+    data = tmp_path_factory.mktemp("whisper-data")  # transcripts of this run only, not the repository's data/
+    with run_server("--backend", "whisper", "--set", f"server.data_dir={data}", log_path=log) as url:
         yield url
 
 
@@ -22,5 +23,7 @@ def tiny_salm_dir(tmp_path_factory):
 def salm_url(tmp_path_factory, tiny_salm_dir):
     """One real server loading a tiny random-weight SALM checkpoint from a local directory."""
     log = tmp_path_factory.mktemp("logs") / "salm-server.log"
-    with run_server("--backend", "salm", "--model", str(tiny_salm_dir), "--device", "cpu", log_path=log) as url:
+    data = tmp_path_factory.mktemp("salm-data")
+    with run_server("--backend", "salm", "--model", str(tiny_salm_dir), "--device", "cpu",
+                    "--set", f"server.data_dir={data}", log_path=log) as url:
         yield url

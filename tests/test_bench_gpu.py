@@ -50,6 +50,13 @@ def test_tiny_run_reports_every_section(tmp_path):
     assert all(a["finals"]["delivered"] == a["finals"]["submitted"] for a in r["ablation"])
     assert r["ablation"][0]["decode"]["draft_tokens"] > 0 and r["ablation"][2]["decode"]["draft_tokens"] == 0
 
+    ask = r["ask_alone"]  # ask the meeting: LLM mode on the merged model, alone and beside the captions
+    assert "ask_error" not in r and ask["prompt_tokens"] > 512 and ask["new_tokens"] >= 1 and ask["prefill_s"] > 0
+    assert ask["kept_base_weights_mb"] > 0
+    quiet, busy = r["ask_beside_captions"]
+    assert "asks" not in quiet and busy["asks"]["askers"] == 10 and busy["asks"]["slices"] >= 1
+    assert busy["asks"]["errors"] == [] and busy["finals"]["delivered"] == busy["finals"]["submitted"]
+
     pipe = r["nemo_pipeline"]
     assert "error" in pipe or (pipe["rtfx"] > 0 and pipe["steps"] > 0), pipe
 

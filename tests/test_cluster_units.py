@@ -1,7 +1,7 @@
 """The pieces of sharing that need no Redis: rooms letting each final through once (a final can arrive both from
 the room's stream and live), the client's address behind a trusted proxy, and what /healthz and the logs show of
 a Redis URL."""
-from websockets.datastructures import Headers
+from multidict import CIMultiDict as Headers  # aiohttp's request headers
 
 from server.cluster.link import redact
 from server.http import client_ip

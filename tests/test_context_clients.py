@@ -62,12 +62,16 @@ class Recorder:
                 return
 
     def _http(self, connection, request):
-        from server.http import split_path, static_file
+        from websockets.datastructures import Headers
+        from websockets.http11 import Response
 
-        path, _ = split_path(request)
+        from server.http import static_file
+
+        path = request.path.partition("?")[0]
         if path == "/v1/listen":
             return None  # the websocket handshake goes on
-        return static_file(ROOT / "web", path)
+        page = static_file(ROOT / "web", path)  # an aiohttp response, as the caption server sends it
+        return Response(page.status, page.reason, Headers(page.headers.items()), page.body)
 
     async def _serve(self) -> None:
         from websockets.asyncio.server import serve

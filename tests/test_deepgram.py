@@ -137,7 +137,7 @@ def test_keyterms_and_keywords_become_the_context():
 
 def segmenter_for(query: str):
     """The segmenter settings a Deepgram stream with this query string gets."""
-    app, ws = SimpleNamespace(cfg=load_config()), SimpleNamespace(request=SimpleNamespace(path=f"/v1/listen?{query}"))
+    app, ws = SimpleNamespace(cfg=load_config()), SimpleNamespace(request=SimpleNamespace(raw_path=f"/v1/listen?{query}"))
     return dg.DeepgramListener(app, ws, None).segmenter_config()
 
 

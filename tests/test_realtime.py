@@ -83,7 +83,7 @@ def test_bad_updates_name_the_parameter(session, param):
 
 def encoder() -> R.RealtimeListener:
     """A RealtimeListener with no connection behind it: enough to see how session messages become events."""
-    request = SimpleNamespace(path="/v1/realtime?intent=transcription", headers={})
+    request = SimpleNamespace(raw_path="/v1/realtime?intent=transcription", headers={})
     app = SimpleNamespace(cfg=Config(), engine=SimpleNamespace(backend=SimpleNamespace(name="whisper")))
     return R.RealtimeListener(app, SimpleNamespace(request=request), None)
 

@@ -32,3 +32,33 @@ async def test_tiny_salm_batches_concurrent_sessions(salm_url):
         assert len(r.finals) == 2
     # Same audio, same deterministic model: every session gets the same finals, whatever it was batched with.
     assert len({tuple(f["text"] for f in r.finals) for r in results}) == 1
+
+
+async def test_asking_a_room_runs_the_llm_with_the_adapter_off_while_captions_go_on(salm_url):
+    """LLM mode through the server: the answer is generated (tokens stream as SSE, within the token budget) by the
+    SALM's own LLM with the LoRA off, while a stream captioned at the same time gets the same finals as alone."""
+    import json
+
+    import aiohttp
+
+    from .helpers import http_base
+
+    audio, _ = join_with_silence(["ldc93s1.wav", "uberi_one_two_three.wav"], [1.0, 1.0])
+    alone = await stream_audio(audio, RATE, salm_url, speed=0, start_extra={"room": "salm-ask"})
+    assert health(salm_url)["intelligence"]["mode"] == "generative"
+
+    async def ask() -> list[str]:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(http_base(salm_url) + "/v1/rooms/salm-ask/ask",
+                              json={"question": "What was said?", "stream": True}) as r:
+                assert r.status == 200
+                return (await r.text()).strip().split("\n\n")
+
+    events, during = await asyncio.gather(ask(), stream_audio(audio, RATE, salm_url, speed=0))
+    tokens = [json.loads(e.split("data: ", 1)[1])["text"] for e in events if e.startswith("event: token")]
+    answer = json.loads(events[-1].split("data: ", 1)[1])
+    assert events[-1].startswith("event: answer") and answer["mode"] == "generative", events[-1]
+    assert len(tokens) >= 2 and "".join(tokens).strip() == answer["answer"]  # random weights: words mean nothing
+    assert "LoRA off" in answer["model"] and answer["lines"] == len(alone.finals)
+    assert [f["text"] for f in during.finals] == [f["text"] for f in alone.finals]  # captions unaffected
+    assert health(salm_url)["engine"]["low_slices"] >= len(tokens) // 4

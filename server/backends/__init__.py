@@ -27,6 +27,8 @@ class Backend(Protocol):
     reason: str  # why this backend runs (set by create_backend), for `ready` and the log
     uses_drafts: bool  # transcribe() makes use of `drafts`; engines skip computing them otherwise
     costly_batches: bool  # a batch costs about what its windows cost one by one (no parallel hardware to fill)
+    # it can also run its LLM as a plain chat model (SALM: Qwen3 with the LoRA off), for "ask the meeting"
+    llm_mode_available: bool
 
     def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
                    contexts: Sequence[str | None] | None = None) -> list[str]:

@@ -14,6 +14,12 @@ export function cleanContext(text) {
   return Array.from(String(text ?? "").trim()).slice(0, MAX_CONTEXT).join("").trim();
 }
 
+/** The token this page was opened with (`?token=T` on its address), or "": the room page sends it on its websocket,
+ * both pages on the ask API (as a Bearer token). */
+export function pageToken() {
+  return new URLSearchParams(location.search).get("token") || "";
+}
+
 /** A websocket URL on this page's host and port: ws: for http:, wss: for https:. */
 export function wsUrl(path, params = {}) {
   const url = new URL(path, location.href);

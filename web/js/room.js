@@ -3,7 +3,10 @@
 // min(arrival time - stream end) over that session's messages, plus the final's stream start: so finals that
 // arrive together (a busy server) still get the times they were spoken at. A backlog final (sent before this
 // page joined) is stamped with its stream time in its speaker's session, under an "earlier" divider.
-import { ROOM_RE, ReconnectingSocket, el, hms, showState, wallClock, wsUrl } from "./common.js";
+// Each final line has the id lineId(session, segment), which the summary's and the answers' citations link to
+// (ask.js: the "This meeting" panel).
+import { lineId, mountMeeting } from "./ask.js";
+import { ROOM_RE, ReconnectingSocket, el, hms, pageToken, showState, wallClock, wsUrl } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,6 +29,8 @@ const anchors = new Map(); // session -> estimated wall-clock time (ms) of its s
 let backlogDivider = null;
 let liveDivider = null;
 let joins = 0; // `watching` messages so far: the backlog after a reconnect is news, not history
+let meeting = null; // the summary and ask panel (ask.js)
+let refusal = ""; // why the server refused this page's token (close 4401/4403)
 
 ui.title.textContent = room ? `Room: ${room}` : "Room";
 if (room) document.title = `${room} · live captions`;
@@ -35,15 +40,23 @@ if (!ROOM_RE.test(room)) {
   ui.placeholder.textContent = "Room names are 1-64 letters, digits, _ . or -, starting with a letter or digit: " +
     "open /room/NAME.";
 } else {
-  const socket = new ReconnectingSocket(wsUrl("/v1/watch", { room }), {
+  meeting = mountMeeting($("meeting"), { room });
+  const socket = new ReconnectingSocket(wsUrl("/v1/watch", { room, token: pageToken() }), {
     message: (msg) => onMessage(msg, socket),
-    close: (event) => event.code !== 1008 || event.reason.includes("slow"), // bad name: no point retrying
+    close: (event) => {
+      if (event.code === 4401 || event.code === 4403) { // the same token would be refused again
+        refusal = event.code === 4401 ? "Needs a viewer token: open this page with ?token=YOUR_TOKEN"
+          : "This token may not watch this room";
+        return false;
+      }
+      return event.code !== 1008 || event.reason.includes("slow"); // bad name: no point retrying
+    },
     state: (name, detail) => {
       if (name === "connecting") showState(ui.state, "connecting", detail.attempt ? "Reconnecting…" : "Connecting…");
       else if (name === "reconnecting") {
         showState(ui.state, "reconnecting", `Disconnected: retrying in ${(detail.delay / 1000).toFixed(1)} s`);
         clearPartials();
-      } else if (name === "closed") showState(ui.state, "error", "Disconnected");
+      } else if (name === "closed") showState(ui.state, "error", refusal || "Disconnected");
     },
   });
   socket.open();
@@ -91,7 +104,8 @@ function onFinal(msg) {
   }
   const spoken = anchors.has(msg.session) ? new Date(anchors.get(msg.session) + 1000 * (msg.start || 0)) : new Date();
   const stamp = earlier ? hms(msg.start || 0) : wallClock(spoken);
-  const item = el("li", { className: "final" + (earlier ? " backlog" : ""), "data-session": msg.session },
+  const item = el("li", { className: "final" + (earlier ? " backlog" : ""), "data-session": msg.session,
+    id: lineId(msg.session, msg.segment) },
     el("time", { className: "stamp", text: `[${stamp}]` }), " ",
     el("span", { className: "who", text: `${msg.speaker || "speaker"}:` }), " ",
     el("span", { className: "text", text }));
@@ -99,6 +113,7 @@ function onFinal(msg) {
   else ui.list.append(item);
   ui.placeholder.hidden = true;
   follow(stick);
+  meeting?.finalAdded(msg.backlog ? 100 : undefined); // a backlog comes at once: one refresh when it is in
 }
 
 function onPartial(msg) {

@@ -2,6 +2,11 @@
 // the finals for TXT/SRT/VTT downloads, reconnects by itself and resumes its session (docs/protocol.md,
 // Resuming a dropped session): it keeps the audio since its last final and sends it again after a drop, so no
 // word is lost or doubled.
+// With a room, the "This meeting" panel (ask.js) shows the room's summary and answers questions about the room's
+// transcript; each final here has the id lineId(session, segment) its citations link to. Without a room the panel
+// stays hidden: a page's own session changes with every Start (and refused resume), so the room is the one stable
+// transcript to ask about. The summary shows from this page's first final on, or once a question is answered.
+import { lineId, mountMeeting } from "./ask.js";
 import {
   MAX_CONTEXT, ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, cleanContext, downloadText, el, fileStamp, hms,
   showState, wsUrl,
@@ -55,6 +60,7 @@ if (room) {
   ui.roomFormSummary.textContent = "Change room or label";
   document.title = `Live captions · ${room}`;
 }
+const meeting = room ? mountMeeting($("meeting"), { room }) : null;
 
 // --- state ------------------------------------------------------------------------------------------------
 let capture = null; // {stream, ctx, source, node, rate}
@@ -176,12 +182,13 @@ function addFinal(msg) {
   const final = { start: msg.start + offset, end: msg.end + offset, text, segment: msg.segment, session };
   finals.push(final);
   const stick = nearBottom();
-  ui.captions.append(el("p", { className: "final" },
+  ui.captions.append(el("p", { className: "final", id: lineId(session, msg.segment) },
     el("time", { className: "stamp", text: hms(final.start), datetime: `PT${final.start.toFixed(2)}S` }), " ",
     el("span", { className: "text", text })));
   ui.placeholder.hidden = true;
   for (const b of [...ui.downloads, ui.clear]) b.disabled = false;
   if (stick) scrollDown();
+  meeting?.finalAdded();
 }
 
 function setPartial(p) {
