@@ -298,8 +298,12 @@ def ask_alone(backend, device: str) -> dict:
     job = LlmJob(backend, ask_messages(backend), ASK_TOKENS)
     sync(device)
     t0 = time.perf_counter()
-    job.prefill()
-    sync(device)
+    prefills = []
+    while not job.prefilled:  # in PREFILL_CHUNK slices, as the server runs it
+        t = time.perf_counter()
+        job.prefill()
+        sync(device)
+        prefills.append(time.perf_counter() - t)
     prefill = time.perf_counter() - t0
     slices = []
     while not job.done:
@@ -310,6 +314,7 @@ def ask_alone(backend, device: str) -> dict:
     return {"prompt_tokens": len(job.prompt_ids), "new_tokens": job.tokens, "prefill_s": prefill,
             "decode_tokens_per_s": (job.tokens - 1) / sum(slices) if slices else None,
             "slice_s": {"p50": pct(slices, 50), "max": max(slices, default=None)},
+            "prefill_slice_s_max": max(prefills, default=None),
             "total_s": prefill + sum(slices), "kept_base_weights_mb": backend.llm_base_bytes / 2**20,
             "memory": memory(device)}
 

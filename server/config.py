@@ -118,6 +118,7 @@ class IntelligenceConfig:
     llm_api_key_env: str = "LLM_API_KEY"  # the environment variable holding its key (unset: no key sent)
     llm_timeout_s: float = 60.0
     embedder: str = ""  # extractive mode's sentence-embedding model; empty: all-MiniLM-L6-v2 from its PyPI wheel
+    preload: bool = False  # load it at start (in the background) instead of on the first ask (~5 s of CPU)
     summary_interval_s: float = 30.0  # a summary is refreshed at most this often, and only after new finals
     summary_passages: int = 5  # extractive summaries: this many central passages
     top_k: int = 3  # passages cited by an extractive answer

@@ -127,8 +127,10 @@ class Intelligence:
                 "max_concurrent_asks": self.cfg.max_concurrent_asks}
 
     async def start(self) -> None:
-        """Extractive mode loads its embedding model in the background (a second or two): captions do not wait."""
-        if self.mode == "extractive":
+        """Nothing to load yet: extractive mode loads its embedding model (sentence-transformers and 91 MB of
+        weights: ~5 s of CPU, ~150 MB) on the first ask or summary, in a thread, so that a server nobody asks never
+        pays for it. `intelligence.preload` loads it at start instead (in the background: captions do not wait)."""
+        if self.mode == "extractive" and self.cfg.preload:
             self._loading = asyncio.create_task(self._load_embedder())
 
     async def close(self) -> None:
