@@ -20,25 +20,22 @@ import pytest
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, run_server
+from .helpers import RATE, http_base, join_with_silence
 from .test_browser import CHROMIUM, pytestmark  # noqa: F401 - skipped where chromium is missing
 
-ROOM = "demo"
+ROOM = "ask-demo"  # on the shared server (cpu_url): a room no other test uses
 QUESTION = "What did the speaker ask Americans to do?"
 
 
 @pytest.fixture(scope="module")
-def meeting(tmp_path_factory):
-    """A server whose room ROOM holds the clips' finals; yields (its http base URL, the session, its finals with
-    text)."""
-    tmp = tmp_path_factory.mktemp("browser-ask")
+def meeting(cpu_url):
+    """The suite's Whisper server (its transcripts in a folder of this run), its room ROOM holding the clips'
+    finals; yields (its http base URL, the session, its finals with text)."""
     t0 = time.monotonic()
-    with run_server("--backend", "whisper", "--set", f"server.data_dir={tmp / 'data'}",
-                    log_path=tmp / "server.log") as url:
-        audio = join_with_silence(["jfk_16k.wav", "ldc93s1.wav", "lj001_0005.wav"], [1.5, 1.5, 1.0])[0]
-        result = asyncio.run(stream_audio(audio, RATE, url, speed=0, start_extra={"room": ROOM, "speaker": "Ann"}))
-        print(f"server up and room streamed in {time.monotonic() - t0:.1f} s")
-        yield http_base(url), result.ready["session"], [f for f in result.finals if f["text"].strip()]
+    audio = join_with_silence(["jfk_16k.wav", "ldc93s1.wav", "lj001_0005.wav"], [1.5, 1.5, 1.0])[0]
+    result = asyncio.run(stream_audio(audio, RATE, cpu_url, speed=0, start_extra={"room": ROOM, "speaker": "Ann"}))
+    print(f"room streamed in {time.monotonic() - t0:.1f} s")
+    yield http_base(cpu_url), result.ready["session"], [f for f in result.finals if f["text"].strip()]
 
 
 def api(base: str, path: str, body: dict | None = None) -> dict:

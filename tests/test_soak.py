@@ -1,4 +1,4 @@
-"""CI-sized soak with drops: `python -m bench.soak --clients 15 --seconds 25 --drop-share 0.2` against a real server
+"""CI-sized soak with drops: `python -m bench.soak --clients 15 --seconds 20 --drop-share 0.2` against a real server
 with the tiny SALM (3 of the clients drop mid-speech and resume); and the soak's accounting itself, on made-up
 finals, so that a loss it should report cannot pass unseen."""
 import json
@@ -16,14 +16,14 @@ from .helpers import ROOT
 
 def test_soak_15_clients_3_resumed_lose_no_final(tmp_path, tiny_salm_dir):
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--clients", "15", "--seconds", "25",
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--clients", "15", "--seconds", "20",
                            "--drop-share", "0.2", "--model", str(tiny_salm_dir), "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     flagged = json.dumps(report["flagged_clients"])[:3000]  # each client with anything wrong, its finals in full
     assert report["drops"] == report["resumes"] == 3 and not report["resume_failures"], report["resume_failures"]
-    assert report["utterances"] >= 75
+    assert report["utterances"] >= 60
     # Every drop cut an open window in two: its flushed part came back resent, the rest is a final of its own.
     assert report["finals_expected"] == report["utterances"] + 3
     assert report["finals"] == report["finals_expected"] + report["split_finals"], flagged
