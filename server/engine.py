@@ -262,7 +262,8 @@ class Engine:
             self.stats.low_seconds += time.perf_counter() - t0
             if work is None:
                 log.error("a low-priority call ran past %.0f s: backend stalled", self._timeout)
-                future.set_exception(BackendError(f"the call ran past {self._timeout:.0f} s"))
+                if not future.done():  # its caller may have given up meanwhile
+                    future.set_exception(BackendError(f"the call ran past {self._timeout:.0f} s"))
             elif (exc := work.exception()) is not None:  # retrieved even where its caller went away meanwhile
                 if not future.done():
                     future.set_exception(exc)

@@ -40,11 +40,20 @@ def mic_wav(tmp_path_factory) -> Path:
     return path
 
 
-def browser_args(wav: Path) -> list[str]:
+def browser_args(wav: Path | None = None) -> list[str]:
+    """Headless chromium's flags; with `wav`, that file is the microphone."""
+    mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+           f"--use-file-for-fake-audio-capture={wav}"] if wav else []
     return ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-audio-capture={wav}"]
+            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", *mic]
+
+
+def record_errors(page, errors: list[str], name: str = ""):
+    """Page errors and console errors (CSP violations among them) of `page` go into `errors`; returns the page."""
+    label = f"{name}: " if name else ""
+    page.on("pageerror", lambda exc: errors.append(f"{label}{exc}"))
+    page.on("console", lambda m: errors.append(f"{label}{m.text}") if m.type == "error" else None)
+    return page
 
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(.+)\n")
@@ -83,9 +92,7 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             context = browser.new_context(viewport={"width": 1100, "height": 720}, accept_downloads=True)
 
             def watch(page, name):
-                page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
-                page.on("console", lambda m: errors.append(f"{name}: {m.text}") if m.type == "error" else None)
-                return page
+                return record_errors(page, errors, name)
 
             overlay = watch(context.new_page(), "overlay")
             overlay.goto(f"{base}/overlay?room={ROOM}&fade=120&lines=3")

@@ -21,7 +21,7 @@ import pytest
 from client.stream import stream_audio
 
 from .helpers import RATE, http_base, join_with_silence
-from .test_browser import CHROMIUM, pytestmark  # noqa: F401 - skipped where chromium is missing
+from .test_browser import CHROMIUM, browser_args, pytestmark, record_errors  # noqa: F401 - pytestmark: skips
 
 ROOM = "ask-demo"  # on the shared server (cpu_url): a room no other test uses
 QUESTION = "What did the speaker ask Americans to do?"
@@ -53,16 +53,12 @@ def test_summary_ask_and_citations_in_chromium(meeting):
     t0 = time.monotonic()
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                           "--disable-background-networking", "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args())
         try:
             context = browser.new_context(viewport={"width": 1100, "height": 560})
 
             def watch(page, name):
-                page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
-                page.on("console", lambda m: errors.append(f"{name}: {m.text}") if m.type == "error" else None)
-                return page
+                return record_errors(page, errors, name)
 
             room = watch(context.new_page(), "room")
             room.goto(f"{base}/room/{ROOM}")

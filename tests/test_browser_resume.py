@@ -25,7 +25,7 @@ import soxr
 from client.stream import stream_audio
 
 from .helpers import RATE, http_base, join_with_silence, wer
-from .test_browser import CHROMIUM, browser_args, pytestmark  # noqa: F401 - skipped where chromium is missing
+from .test_browser import CHROMIUM, browser_args, pytestmark, record_errors  # noqa: F401 - pytestmark: skips
 
 CLIPS, GAPS = ["lj001_0005.wav", "jfk_16k.wav", "ldc93s1.wav"], [1.5, 1.5, 1.0]
 TAIL_S = 40.0  # digital silence after the speech: chromium loops the file, and the test is over long before
@@ -157,9 +157,7 @@ def test_the_speaker_page_resumes_its_session_after_a_drop(cpu_url, tmp_path):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args(mic))
         try:
             context = browser.new_context(viewport={"width": 1100, "height": 720}, accept_downloads=True)
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page = record_errors(context.new_page(), errors)
             page.route_web_socket(re.compile(r".*/v1/listen.*"), proxy)
             page.goto(f"{base}/")
             page.get_by_role("button", name="Start captioning").click()

@@ -21,7 +21,7 @@ from client.mic import Backlog, CaptionLink
 from client.stream import MAX_CONTEXT, start_message
 
 from .helpers import AUDIO, RATE, ROOT
-from .test_browser import CHROMIUM, browser_args
+from .test_browser import CHROMIUM, browser_args, record_errors
 
 CONTEXT = "Anneliese Kowalczyk, Quetzalcoatl, Dr. Nnamdi Okonkwo, Zoë Ångström"
 
@@ -214,9 +214,7 @@ def test_speaker_page_sends_the_field_in_start_and_again_on_reconnect(dropping_r
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=browser_args(AUDIO / "jfk_16k.wav"))
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 720})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page = record_errors(browser.new_page(viewport={"width": 1100, "height": 720}), errors)
 
             # ?context= prefills the field (its visible label names it)
             page.goto(f"{rec.http_url}/?context={quote('Prefilled Name, Ōkami')}")

@@ -77,7 +77,8 @@ class LocalLLM:
         return len(self._engine.backend.tokenizer.encode(text, add_special_tokens=False))
 
     async def stream(self, messages: list[dict], max_tokens: int) -> AsyncIterator[str]:
-        job = self._job(self._engine.backend, messages, max_tokens)
+        # Built in the lane too: it tokenizes the whole prompt (thousands of tokens), not work for the event loop.
+        job = await self._engine.run_low(self._job, self._engine.backend, messages, max_tokens)
         try:
             text = await self._engine.run_low(job.prefill)
             while True:
