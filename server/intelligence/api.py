@@ -20,7 +20,7 @@ from .. import protocol as P
 from .service import Busy, Unavailable
 
 
-def _service(request: web.Request):
+def _server(request: web.Request):
     from ..routes import SERVER  # routes.py imports this module
 
     return request.app[SERVER]
@@ -35,7 +35,7 @@ async def ask_transcript(request: web.Request) -> web.StreamResponse:
 
 
 async def room_summary(request: web.Request) -> web.Response:
-    server = _service(request)
+    server = _server(request)
     lines, refused = await _transcript(server, request, "rooms", request.match_info["room"], P.ROOM_NAME)
     if refused is not None:
         return refused
@@ -84,7 +84,7 @@ async def _question(request: web.Request, limit: int) -> tuple[str, bool]:
 
 
 async def _ask(request: web.Request, kind: str, name: str, pattern) -> web.StreamResponse:
-    server = _service(request)
+    server = _server(request)
     lines, refused = await _transcript(server, request, kind, name, pattern)
     if refused is not None:
         return refused
