@@ -8,6 +8,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -230,13 +231,16 @@ async def test_mic_link_starts_a_new_session_when_the_server_refuses_the_resume(
 
 class ScriptedServer:
     """A websocket peer in a thread: the first connection gets `ready` (with a resume token) and final 0 (0-1 s),
-    and is cut once 2 s of audio have come; a resume gets `ready` and finals 0 and 1 again (`resent`), then on
+    and is cut once 2 s of audio have come and `cut_when()` holds; a resume gets `ready` and finals 0 and 1 again (`resent`), then on
     `stop` final 2 and `end`. Keeps each connection's `start`. `busy_once`: the first resume is refused as a busy
     server refuses (`overloaded`, close 1013)."""
 
     def __init__(self, busy_once: bool = False):
         self.starts: list[dict] = []
         self.busy_once = busy_once
+        # The cut is an abort (RST), which may discard a final the client has not read yet; the test says when
+        # the client has read final 0, so what it checks (the resume offset) is not left to timing.
+        self.cut_when: Callable[[], bool] = lambda: True
         self.loop = asyncio.new_event_loop()
         self._up = threading.Event()
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
@@ -260,6 +264,8 @@ class ScriptedServer:
             async for msg in ws:
                 audio += len(msg) // 2 if isinstance(msg, bytes) else 0
                 if audio >= 2 * RATE:
+                    while not self.cut_when():
+                        await asyncio.sleep(0.01)
                     ws.transport.abort()
                     return
         if self.busy_once:
@@ -292,6 +298,7 @@ class ScriptedServer:
 
 async def stream_3s_through(link: CaptionLink, peer: ScriptedServer) -> None:
     """3 s of audio through the link to the scripted peer (which cuts it after 2 s), until it has resumed and ended."""
+    peer.cut_when = lambda: link.final_upto >= RATE  # read from the peer's thread: a plain int
     try:
         runner = asyncio.create_task(link.run(await link.connect()))
         link.backlog.append(np.zeros(3 * RATE, "<i2"))
