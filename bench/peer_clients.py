@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from websockets.asyncio.client import connect
 
+from client.stream import encode
+
 from .clips import RATE
 from .server import server_process
 
@@ -283,11 +285,11 @@ class StreamRun:
 
 
 def s16le(frame: np.ndarray) -> bytes:
-    return (np.clip(frame, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+    return encode(frame, "pcm_s16le")
 
 
 def f32le(frame: np.ndarray) -> bytes:
-    return frame.astype("<f4").tobytes()
+    return encode(frame, "pcm_f32le")
 
 
 class Client:

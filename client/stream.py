@@ -14,6 +14,8 @@ import soundfile as sf
 import soxr
 from websockets.asyncio.client import connect
 
+from .resample import to_pcm16
+
 SERVER_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/listen"
 MAX_CONTEXT = 500  # characters of `context` (names and terms likely to be said) a start may carry
@@ -54,7 +56,7 @@ def load_audio(path: str) -> tuple[np.ndarray, int]:
 def encode(audio: np.ndarray, encoding: str) -> bytes:
     if encoding == "pcm_f32le":
         return audio.astype("<f4").tobytes()
-    return (np.clip(audio, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+    return to_pcm16(audio).tobytes()
 
 
 @dataclass
