@@ -26,6 +26,7 @@ from client.stream import stream_audio
 
 from .clips import RATE, read_manifest
 from .meeting import meeting
+from .metrics import percentile
 from .server import run_server
 from .stream import final_latencies, stream_clip
 
@@ -36,7 +37,8 @@ ROOM = "bench"
 
 
 def pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 3) if values else None
+    p = percentile(values, q)
+    return None if p is None else round(p, 3)
 
 
 async def asker(base: str, questions, stop: asyncio.Event, out: dict) -> None:

@@ -138,8 +138,8 @@ async def transcript(request: web.Request) -> web.Response:
     valid = bool(P.SESSION_ID.fullmatch(name) if kind == "" else kind == "rooms" and P.ROOM_NAME.fullmatch(name))
     kind = kind or "sessions"
     # With replicas, Redis has every replica's finals; the local JSONL is what this replica has if Redis is away.
-    shared = await app.cluster.finals(kind, name) if valid and app.cluster is not None else None
-    found = valid and fmt in FORMATS and await app.store.render_async(kind, name, fmt, shared)
+    finals = await app.finals(kind, name) if valid and fmt in FORMATS else None
+    found = finals is not None and await app.store.render_async(kind, name, fmt, finals)
     if not found:
         return http.not_found(path)
     body, ctype = found

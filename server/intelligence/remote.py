@@ -102,8 +102,6 @@ def _error_text(raw: bytes) -> str:
 class RemoteLLM:
     """An OpenAI-compatible chat server as this server's generative LLM. Deterministic (`temperature: 0`)."""
 
-    mode = "generative"
-
     def __init__(self, url: str, model: str = "", api_key: str = "", timeout_s: float = 60.0,
                  connect_timeout_s: float = 5.0, idle_timeout_s: float | None = None):
         """`timeout_s` bounds a whole request, `connect_timeout_s` the TCP connect, `idle_timeout_s` (default:
