@@ -289,6 +289,6 @@ class Intelligence:
 
     async def _embed(self, embedder: extractive.Embedder, texts: list[str]) -> None:
         """Embeds what is not cached yet, a slice at a time in the engine's lowest-priority lane."""
-        missing = embedder.missing(list(dict.fromkeys(texts)))
+        missing = embedder.missing(texts)  # distinct, in first-seen order
         for i in range(0, len(missing), EMBED_SLICE):
             await self.engine.run_low(embedder.embed, missing[i:i + EMBED_SLICE])
