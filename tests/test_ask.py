@@ -218,3 +218,21 @@ async def test_generative_answers_through_an_openai_compatible_server(tmp_path):
                 llm.fail_status = 500
                 status, _, reply = await post(s, ask, {"question": question}, token=None)
                 assert status == 503 and "500" in reply["message"]
+
+
+async def test_asking_switched_off_is_a_503_streamed_or_not(tmp_path):
+    """intelligence.mode off: an ask (JSON or a stream: refused before its 200) and the summary are 503s that say
+    so, and the captions are unchanged."""
+    overrides = ["intelligence.mode=off", f"server.data_dir={tmp_path / 'data'}"]
+    with run_server("--backend", "whisper", *[a for kv in overrides for a in ("--set", kv)],
+                    log_path=tmp_path / "server.log") as url:
+        spoken = await stream_audio(join_with_silence(["ldc93s1.wav"], [1.0])[0], RATE, url, speed=0,
+                                    start_extra={"room": "quiet"})
+        assert spoken.finals
+        base = http_base(url) + "/v1/rooms/quiet"
+        async with aiohttp.ClientSession() as s:
+            for body in ({"question": "what was said?"}, {"question": "what was said?", "stream": True}):
+                status, _, reply = await post(s, base + "/ask", body, token=None)
+                assert status == 503 and "intelligence.mode: off" in reply["message"], reply
+            async with s.get(base + "/summary") as r:
+                assert r.status == 503 and "intelligence.mode: off" in (await r.json())["message"]

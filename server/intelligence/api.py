@@ -96,16 +96,15 @@ async def _ask(request: web.Request, kind: str, name: str, pattern) -> web.Strea
         return http.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the body is too large for a question")
     ask = server.intelligence.ask
     key = f"{kind}/{name}"
-    if not stream:
-        try:
+    try:
+        if not stream:
             return http.json_response(await ask(key, question, lines))
-        except Busy as exc:
-            return _busy(exc)
-        except Unavailable as exc:
-            return http.error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-    # Admission is checked before the 200 goes out, so that a refused stream is still a plain 429.
-    if server.intelligence.full:
-        return _busy(server.intelligence.busy())
+        # Checked before the 200 goes out, so that a refused stream is still a plain 429 or 503.
+        server.intelligence.check()
+    except Busy as exc:
+        return _busy(exc)
+    except Unavailable as exc:
+        return http.error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})  # nginx: pass events on as they come
     await response.prepare(request)

@@ -151,11 +151,15 @@ class Intelligence:
         recent = sorted(self._durations[-20:])
         return Busy(max(1, math.ceil(recent[len(recent) // 2] if recent else 1.0)))
 
-    def _admit(self) -> None:
+    def check(self) -> None:
+        """Raises what an ask started now would be refused with: Unavailable (mode off) or Busy."""
         if self.mode == "off":
             raise Unavailable("asking is switched off on this server (intelligence.mode: off)")
         if self.full:
             raise self.busy()
+
+    def _admit(self) -> None:
+        self.check()
         self._running += 1
 
     def _release(self, started: float) -> None:
