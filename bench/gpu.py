@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from server.config import EngineConfig, load_config
-from server.engine import Engine
-from server.looplag import LoopLag
+from server.core.engine import Engine
+from server.httpapi.looplag import LoopLag
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -61,7 +61,7 @@ def build_random_salm(shapes: dict, workdir: Path, device: str):
     from nemo.collections.speechlm2.models import SALM
     from transformers import Qwen3Config
 
-    from server.tiny_model import _build_tokenizer, _salm_config
+    from server.backends.tiny_model import _build_tokenizer, _salm_config
 
     s = shapes
     tok = _build_tokenizer(workdir)
@@ -90,7 +90,7 @@ def build_random_salm(shapes: dict, workdir: Path, device: str):
 def load_tiny_salm(workdir: Path):
     from nemo.collections.speechlm2.models import SALM
 
-    from server.tiny_model import write_tiny_checkpoint
+    from server.backends.tiny_model import write_tiny_checkpoint
 
     return SALM.from_pretrained(str(write_tiny_checkpoint(workdir / "tiny-salm"))).eval()
 

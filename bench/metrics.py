@@ -5,7 +5,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from server.session import stable_prefix  # the words two texts agree on, from the start
+from server.core.session import stable_prefix  # the words two texts agree on, from the start
 
 
 @lru_cache(maxsize=1)

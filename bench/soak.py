@@ -48,8 +48,8 @@ from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, start_message, stream_audio
 from server.config import SegmenterConfig, load_config
-from server.segmenter import Segmenter
-from server.vad import make_vad
+from server.core.segmenter import Segmenter
+from server.core.vad import make_vad
 
 from .cluster import cluster, redis_ops_between, redis_usage
 from .clips import FRAME as SPEECH_FRAME, load_16k, speech_mask
@@ -478,7 +478,7 @@ def backend_args(backend: str, model: str | None, workdir: Path) -> list[str]:
     written to `workdir`) on the CPU, or the Whisper CPU default. bench.cluster's CLI starts its replicas so too."""
     if backend == "whisper":
         return ["--backend", "whisper"]
-    from server.tiny_model import write_tiny_checkpoint
+    from server.backends.tiny_model import write_tiny_checkpoint
 
     model = model or write_tiny_checkpoint(Path(workdir) / "tiny-salm")
     return ["--backend", "salm", "--model", str(model), "--device", "cpu"]

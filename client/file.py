@@ -6,7 +6,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from .captions import to_srt, to_vtt
+from caption_formats import to_srt, to_vtt
 from .stream import DEFAULT_URL, MAX_CONTEXT, context_arg, load_audio, stream_audio
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from .captions import WRITERS
+from caption_formats import WRITERS
 from .file import Printer
 from .resample import RATE, Framer, MonoResampler, to_pcm16
 from .stream import DEFAULT_URL, MAX_CONTEXT, context_arg, start_message

@@ -11,7 +11,7 @@ import threading
 
 from .backends import BACKENDS, create_backend
 from .config import load_config
-from .engine import Engine
+from .core.engine import Engine
 from .app import CaptionServer
 
 log = logging.getLogger("server")

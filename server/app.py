@@ -12,24 +12,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import auth, http
-from . import protocol as P
-from .admission import admit
+from .streams import auth
+from .httpapi import responses as http
+from .streams import protocol as P
+from .streams.admission import admit
 from .cluster import Cluster
 from .config import ROOT, Config
-from .engine import Engine
+from .core.engine import Engine
 from .intelligence.service import Intelligence
-from .adapters import adapter_for
-from .listen import Listener
-from .looplag import LoopLag
-from .metrics import Metrics
-from .connection import Connection, ConnectionClosed
-from .resume import Resumable, tokens_match
-from .rooms import Rooms
-from .routes import WATCH_PATH, make_app, params, runner_options
-from .storage import TranscriptStore
-from .vad import VadFactory
-from .watch import watch
+from .streams.adapters import adapter_for
+from .streams.v1 import Listener
+from .httpapi.looplag import LoopLag
+from .httpapi.metrics import Metrics
+from .streams.connection import Connection, ConnectionClosed
+from .streams.resume import Resumable, tokens_match
+from .delivery.rooms import Rooms
+from .httpapi.routes import WATCH_PATH, make_app, params, runner_options
+from .delivery.transcripts import TranscriptStore
+from .core.vad import VadFactory
+from .streams.watch import watch
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ def cpu_url(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_salm_dir(tmp_path_factory):
-    from server.tiny_model import write_tiny_checkpoint
+    from server.backends.tiny_model import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-salm"))
 

@@ -297,7 +297,7 @@ def test_parser_accepts_or_refuses_cleanly_whatever_it_gets():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from server import protocol as P
+    from server.streams import protocol as P
 
     codes = {P.BAD_JSON, P.BAD_MESSAGE, P.UNKNOWN_TYPE, P.UNSUPPORTED_SAMPLE_RATE, P.UNSUPPORTED_ENCODING,
              P.UNSUPPORTED_CHANNELS, P.BAD_ROOM}

@@ -7,7 +7,7 @@ import webvtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.captions import to_srt, to_txt, to_vtt
+from caption_formats import to_srt, to_txt, to_vtt
 
 # Finals as the server sends them, with what real streams produce: empty windows of noise, a stream over an
 # hour long, texts with stray whitespace, non-ASCII words, and characters that are markup in WebVTT.

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from bench.cluster import redis_server
-from server import protocol as P
+from server.streams import protocol as P
 from server.cluster.handover import HELD, LIVE, Handover, record
 from server.cluster.keys import Keys
 from server.cluster.link import Link
-from server.session import ResumeState
+from server.core.session import ResumeState
 
 KEYS = Keys("t")
 

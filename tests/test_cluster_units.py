@@ -4,8 +4,8 @@ a Redis URL."""
 from multidict import CIMultiDict as Headers  # aiohttp's request headers
 
 from server.cluster.link import redact
-from server.http import client_ip
-from server.rooms import Room, Viewer
+from server.httpapi.responses import client_ip
+from server.delivery.rooms import Room, Viewer
 
 
 def final(segment: int, session: str = "s1", text: str = "x") -> dict:

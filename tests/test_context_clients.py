@@ -65,7 +65,7 @@ class Recorder:
         from websockets.datastructures import Headers
         from websockets.http11 import Response
 
-        from server.http import static_file
+        from server.httpapi.responses import static_file
 
         path = request.path.partition("?")[0]
         if path == "/v1/listen":

@@ -18,12 +18,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from client.stream import encode, stream_audio
-from server import deepgram as dg
+from server.streams import deepgram as dg
 from server.config import load_config
-from server.protocol import MAX_CONTEXT
+from server.streams.protocol import MAX_CONTEXT
 
-from .helpers import (RATE, continuous_speech, heard, http_base, join_with_silence, load_16k, room_finals,
-                      server_process)
+from .helpers import RATE, continuous_speech, heard, http_base, join_with_silence, load_16k, room_finals, server_process
 
 with warnings.catch_warnings():  # the SDK's async client imports websockets.legacy, deprecated since 14.0
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -13,8 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from client.stream import encode, stream_audio
 from server.backends.whisper import WhisperBackend
 from server.config import load_config
-from server.engine import Engine
-from server.health import health
+from server.core.engine import Engine
+from server.httpapi.health import health
 from server.app import CaptionServer
 
 from .helpers import RATE, continuous_speech, http_base, join_with_silence, load_16k, server_process

@@ -16,8 +16,8 @@ from websockets.exceptions import ConnectionClosed
 from client.stream import encode, stream_audio
 from server.app import CaptionServer
 from server.config import load_config
-from server.engine import Engine
-from server.health import health
+from server.core.engine import Engine
+from server.httpapi.health import health
 
 from .helpers import RATE, join_with_silence, load_16k, server_process, wer
 from .test_faults import FaultyBackend
@@ -277,8 +277,8 @@ class SlowViewerSocket:
 
 
 async def test_a_joining_viewer_misses_no_final_even_when_its_sends_yield():
-    from server.rooms import Rooms
-    from server.watch import watch
+    from server.delivery.rooms import Rooms
+    from server.streams.watch import watch
 
     class App:
         rooms, viewers, cluster = Rooms(backlog=10_000), set(), None

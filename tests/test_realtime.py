@@ -21,14 +21,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from client.stream import encode, stream_audio
-from server import protocol as P
-from server import realtime as R
+from server.streams import protocol as P
+from server.streams import realtime as R
 from server.config import Config, EngineConfig, SegmenterConfig
-from server.engine import Engine
-from server.segmenter import Segmenter
-from server.session import Session
-from server.sink import OutputSink
-from server.vad import VadFactory, make_vad
+from server.core.engine import Engine
+from server.core.segmenter import Segmenter
+from server.core.session import Session
+from server.delivery.sink import OutputSink
+from server.core.vad import VadFactory, make_vad
 
 from .helpers import RATE, heard, http_base, join_with_silence, load_16k, room_finals, server_process, trim_silence
 

@@ -80,7 +80,7 @@ def test_cut_at_eos():
 
 def test_cli_writes_a_movable_checkpoint(tmp_path, backend, clips):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "server.tiny_model", str(tmp_path / "a")]
+    cmd = [sys.executable, "-m", "server.backends.tiny_model", str(tmp_path / "a")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Nothing in the checkpoint may point at where it was written.

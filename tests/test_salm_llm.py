@@ -22,9 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 
 from server.backends.salm import SalmBackend  # noqa: E402  (cheap: NeMo is imported lazily)
 from server.config import EngineConfig  # noqa: E402
-from server.engine import BackendError, Engine  # noqa: E402
-from server.intelligence.prompt import (  # noqa: E402
-    TEMPLATE_OVERHEAD, ask_messages, parse_citations, render_line, summary_messages)
+from server.core.engine import BackendError, Engine  # noqa: E402
+from server.intelligence.prompt import TEMPLATE_OVERHEAD, ask_messages, parse_citations, render_line, summary_messages
 from server.intelligence.salm_llm import THINK_OFF, IncrementalDetokenizer, LlmJob, chat_text  # noqa: E402
 
 from .helpers import load_16k  # noqa: E402

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from server.config import SegmenterConfig
-from server.segmenter import Segmenter
-from server.vad import make_vad
+from server.core.segmenter import Segmenter
+from server.core.vad import make_vad
 
 from .helpers import RATE, continuous_speech, join_with_silence, load_16k
 

@@ -94,8 +94,8 @@ async def test_44k_stereo_flac_and_f32_give_the_same_segments_as_16k_s16(cpu_url
 
 async def test_resampled_rates_keep_the_stream_clock():
     """soxr streaming keeps every sample: 48 kHz in -> exactly as many 16 kHz samples as the clip has."""
-    from server.audio import AudioDecoder
-    from server.protocol import Start
+    from server.core.audio import AudioDecoder
+    from server.streams.protocol import Start
 
     clip = load_16k("ldc93s1.wav")
     hi = soxr.resample(clip, RATE, 48000).astype(np.float32)

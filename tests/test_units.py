@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from client.captions import to_srt, to_txt, to_vtt
-from server import protocol as P
+from caption_formats import to_srt, to_txt, to_vtt
+from server.streams import protocol as P
 from server.config import load_config
-from server.engine import BackendError, Engine
+from server.core.engine import BackendError, Engine
 from server.config import EngineConfig
 
 
@@ -271,7 +271,7 @@ async def test_a_final_supersedes_the_queued_partial_of_its_session():
 
 
 def test_stable_prefix_counts_leading_words_two_partials_agree_on():
-    from server.session import stable_prefix
+    from server.core.session import stable_prefix
 
     assert stable_prefix([], "and so my".split()) == 0
     assert stable_prefix("and so my".split(), "and so my fellow".split()) == 3
@@ -280,7 +280,7 @@ def test_stable_prefix_counts_leading_words_two_partials_agree_on():
 
 
 async def test_loop_lag_shows_a_callback_that_blocks_the_loop(caplog):
-    from server.looplag import LoopLag
+    from server.httpapi.looplag import LoopLag
 
     lag = LoopLag(period_s=0.01)
     lag.start()

@@ -23,7 +23,7 @@ import socket
 from typing import Callable
 
 from ..config import Config
-from ..session import ResumeState
+from ..core.session import ResumeState
 from .fanout import Fanout
 from .handover import HELD, LIVE, Handover
 from .keys import APPEND_FINAL, Keys

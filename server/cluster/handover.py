@@ -18,9 +18,9 @@ import json
 import logging
 from dataclasses import asdict
 
-from .. import protocol as P
-from ..resume import tokens_match
-from ..session import RECENT_FINALS, ResumeState
+from ..streams import protocol as P
+from ..streams.resume import tokens_match
+from ..core.session import RECENT_FINALS, ResumeState
 from .fanout import stored_final
 from .keys import CLAIM, DISOWN, Keys
 from .link import Link

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import EngineConfig
-from .protocol import SAMPLE_RATE
+from ..config import EngineConfig
+from ..streams.protocol import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

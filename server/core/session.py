@@ -17,13 +17,13 @@ import secrets
 from collections import deque
 from dataclasses import asdict, dataclass, field
 
-from . import protocol as P
+from ..streams import protocol as P
 from .audio import AudioDecoder
-from .config import SegmenterConfig
+from ..config import SegmenterConfig
 from .engine import BackendError, Engine
-from .rooms import Rooms
+from ..delivery.rooms import Rooms
 from .segmenter import Segmenter, Window
-from .sink import OutputSink
+from ..delivery.sink import OutputSink
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from urllib.parse import parse_qs
 
 from . import auth
 from . import protocol as P
-from .config import SegmenterConfig
-from .http import json_response, split_path
-from .listen import Listener, new_session_id
+from ..config import SegmenterConfig
+from ..httpapi.responses import json_response, split_path
+from .v1 import Listener, new_session_id
 
 RATE = 24000  # OpenAI's only PCM rate, and the default here; other rates of P.SAMPLE_RATES are an extension
 BYTES_PER_SAMPLE = 2  # pcm16 (audio/pcm): 16-bit little-endian mono

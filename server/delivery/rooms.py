@@ -15,7 +15,7 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Awaitable, Callable
 
-from . import protocol as P
+from ..streams import protocol as P
 
 MAX_QUEUED = 1000  # messages waiting for one viewer before it is dropped as too slow
 MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that viewer are skipped

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 
-from .config import AuthConfig
+from ..config import AuthConfig
 
 SUBPROTOCOL = "captions"
 BEARER_PREFIX = "bearer."

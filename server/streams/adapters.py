@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .config import AuthConfig
-from .listen import Listener
+from ..config import AuthConfig
+from .v1 import Listener
 
 LISTEN_PATH, REALTIME_PATH = "/v1/listen", "/v1/realtime"
 

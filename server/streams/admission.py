@@ -5,8 +5,8 @@ from collections import Counter
 
 from . import auth
 from . import protocol as P
-from .config import Config
-from .engine import Engine
+from ..config import Config
+from ..core.engine import Engine
 
 Refusal = tuple[int, str, str]  # (websocket close code, error code, message)
 

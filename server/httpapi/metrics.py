@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from .health import health
 
 if TYPE_CHECKING:
-    from .app import CaptionServer
+    from ..app import CaptionServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a window's submission to its text: captions are judged at 0.5 s (partials) and 1 s (finals).

@@ -14,13 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 
-from .connection import ConnectionClosed
+from ..streams.connection import ConnectionClosed
 from .rooms import Room
-from .storage import TranscriptStore, record
+from .transcripts import TranscriptStore, record
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .session import ResumeState
+    from ..cluster import Cluster
+    from ..core.session import ResumeState
 
 log = logging.getLogger(__name__)
 

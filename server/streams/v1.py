@@ -12,12 +12,12 @@ import uuid
 
 from . import protocol as P
 from .connection import Connection, ConnectionClosed
-from .cluster.link import FAILURES
+from ..cluster.link import FAILURES
 from .limits import TokenBucket
 from .resume import tokens_match
-from .config import SegmenterConfig
-from .session import ResumeState, Session
-from .sink import OutputSink
+from ..config import SegmenterConfig
+from ..core.session import ResumeState, Session
+from ..delivery.sink import OutputSink
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,11 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from urllib.parse import parse_qs
 
-from . import auth, http
+from . import auth
+from ..httpapi import responses as http
 from . import protocol as P
-from .config import SegmenterConfig
-from .listen import Listener
+from ..config import SegmenterConfig
+from .v1 import Listener
 
 # Deepgram's live query parameters (those of its SDKs and docs). Protocol v1 uses only `room` and `token`, which
 # are not among them, so a v1 client is never read as Deepgram; any one of these names decides (adapters.py).

@@ -6,7 +6,7 @@ import asyncio
 
 from . import protocol as P
 from .connection import Connection, ConnectionClosed
-from .rooms import Viewer
+from ..delivery.rooms import Viewer
 
 
 async def watch(app, ws: Connection, room_name: str | None) -> None:

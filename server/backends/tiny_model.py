@@ -1,6 +1,6 @@
 """Write a tiny random-weight SALM checkpoint (Canary-Qwen layout) fully offline, for tests.
 
-    python -m server.tiny_model OUT_DIR
+    python -m server.backends.tiny_model OUT_DIR
 
 The directory mirrors what ``SALM.from_pretrained`` expects from the real hub checkpoint:
 
@@ -102,7 +102,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
 
     from nemo.collections.speechlm2.models import SALM
 
-    from .backends.salm import missing_keys
+    from .salm import missing_keys
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m server.tiny_model OUT_DIR", file=sys.stderr)
+        print("usage: python -m server.backends.tiny_model OUT_DIR", file=sys.stderr)
         return 2
     out = write_tiny_checkpoint(argv[0])
     print(json.dumps({"checkpoint": str(out)}))

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from client.captions import WRITERS
+from caption_formats import WRITERS
 
 FORMATS = ("json", "txt", "srt", "vtt")
 

@@ -15,13 +15,14 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from . import adapters, auth, http
-from . import protocol as P
-from .connection import Connection
+from ..streams import adapters, auth
+from . import responses as http
+from ..streams import protocol as P
+from ..streams.connection import Connection
 from .health import health
-from .intelligence import api as ask_api
+from . import ask as ask_api
 from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .storage import FORMATS
+from ..delivery.transcripts import FORMATS
 
 LISTEN_PATH = "/v1/listen"  # protocol v1, or Deepgram's live protocol (adapters.py tells them apart)
 WATCH_PATH = "/v1/watch"

@@ -12,7 +12,7 @@ import hmac
 import time
 
 from . import protocol as P
-from .session import ResumeState
+from ..core.session import ResumeState
 
 MAX_HELD = 10_000  # dropped sessions held at once; the oldest go first
 

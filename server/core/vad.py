@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import SegmenterConfig
-from .protocol import SAMPLE_RATE
+from ..config import SegmenterConfig
+from ..streams.protocol import SAMPLE_RATE
 
 
 class WebRtcVad:

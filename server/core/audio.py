@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from .protocol import BAD_AUDIO, SAMPLE_RATE, ProtocolError, Start
+from ..streams.protocol import BAD_AUDIO, SAMPLE_RATE, ProtocolError, Start
 
 
 class AudioDecoder:

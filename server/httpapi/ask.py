@@ -15,13 +15,13 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from .. import http
-from .. import protocol as P
-from .service import Busy, Unavailable
+from . import responses as http
+from ..streams import protocol as P
+from ..intelligence.service import Busy, Unavailable
 
 
 def _server(request: web.Request):
-    from ..routes import SERVER  # routes.py imports this module
+    from .routes import SERVER  # routes.py imports this module
 
     return request.app[SERVER]
 
@@ -52,7 +52,7 @@ async def room_summary(request: web.Request) -> web.Response:
 
 async def _transcript(server, request, kind: str, name: str, pattern):
     """(the transcript's finals, None) or (None, the refusal: 401/403, 400 bad name, 404 nothing said yet)."""
-    from ..routes import viewer_refusal
+    from .routes import viewer_refusal
 
     if (refusal := viewer_refusal(server.cfg, request)) is not None:
         return None, refusal
