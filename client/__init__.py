@@ -1,1 +1,2 @@
-"""Clients for the live-captioning server: a file/stream client, the microphone client, shared helpers."""
+"""Clients for the live-captioning server: the file client (client.file, on client.stream), the microphone client
+(client.mic: capture in client.capture, the resuming link in client.link), shared resampling."""

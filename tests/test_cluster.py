@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bench.cluster import cluster as start_cluster
-from client.mic import CaptionLink
+from client.link import CaptionLink
 from client.stream import stream_audio
 
 from .helpers import RATE, http_base, join_with_silence, wer

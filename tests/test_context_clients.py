@@ -17,7 +17,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from client.mic import Backlog, CaptionLink
+from client.link import Backlog, CaptionLink
 from client.stream import MAX_CONTEXT, start_message
 
 from .helpers import AUDIO, RATE, ROOT

@@ -20,7 +20,9 @@ import pytest
 import soxr
 import srt
 
-from client.mic import FRAME_MS, AudioFeed, Backlog, CaptionLink, Display
+from client.capture import FRAME_MS, AudioFeed
+from client.link import Backlog, CaptionLink
+from client.mic import Display
 from client.resample import RATE, Framer, MonoResampler
 
 from .helpers import AUDIO, ROOT, heard, join_with_silence, transcript, wer

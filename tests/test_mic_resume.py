@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from client.mic import AudioFeed, Backlog, CaptionLink
+from client.capture import AudioFeed
+from client.link import Backlog, CaptionLink
 
 from .helpers import RATE, heard, join_with_silence, server_process, wer
 
