@@ -51,8 +51,9 @@ from server.config import SegmenterConfig, load_config
 from server.core.segmenter import Segmenter
 from server.core.vad import make_vad
 
-from .cluster import cluster, redis_ops_between, redis_usage
+from .cluster import backend_args, cluster
 from .clips import FRAME as SPEECH_FRAME, load_16k, speech_mask
+from .redis_server import redis_ops_between, redis_usage
 from .server import ROOT, engine_counters, health, run_server
 
 RATE = 16000
@@ -471,17 +472,6 @@ def cluster_rows(r: dict) -> list[tuple[str, object]]:
         rows += [("Redis commands per final (heartbeats included)", f"{r['redis_ops_per_final']} "
                   f"({r['redis_ops']} in all" + "".join(f"; {k} {v}" for k, v in top) + ")")]
     return rows
-
-
-def backend_args(backend: str, model: str | None, workdir: Path) -> list[str]:
-    """The server flags for the soak's backend: the tiny random-weight SALM (`model`, or a fresh checkpoint
-    written to `workdir`) on the CPU, or the Whisper CPU default. bench.cluster's CLI starts its replicas so too."""
-    if backend == "whisper":
-        return ["--backend", "whisper"]
-    from server.backends.tiny_model import write_tiny_checkpoint
-
-    model = model or write_tiny_checkpoint(Path(workdir) / "tiny-salm")
-    return ["--backend", "salm", "--model", str(model), "--device", "cpu"]
 
 
 def main(argv=None) -> int:

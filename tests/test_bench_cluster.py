@@ -11,7 +11,9 @@ import urllib.request
 import redis
 from websockets.asyncio.client import connect
 
-from bench.cluster import cluster, nginx_command, ping, render_nginx_conf
+from bench.cluster import cluster
+from bench.nginx import nginx_command, render_nginx_conf
+from bench.redis_server import ping
 from bench.server import health
 from client.stream import start_message
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.cluster import redis_server
+from bench.redis_server import redis_server
 from server.streams import protocol as P
 from server.cluster.handover import HELD, LIVE, Handover, record
 from server.cluster.keys import Keys
