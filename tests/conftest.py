@@ -1,6 +1,6 @@
 import pytest
 
-from .helpers import run_server
+from .support.servers import run_server
 
 
 @pytest.fixture(scope="session")

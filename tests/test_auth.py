@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .helpers import http_base, run_server
+from .support.servers import http_base, run_server
 
 SPEAKER, VIEWER = "sp3aker-t0ken", "v1ewer-t0ken"
 START = json.dumps({"type": "start", "sample_rate": 16000})

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 from bench.gpu.live import schedule  # noqa: E402
 from bench.gpu.model import FULL_SHAPES, build_random_salm, make_backend  # noqa: E402
 
-from .helpers import ROOT, load_16k  # noqa: E402
+from .support.audio import ROOT, load_16k  # noqa: E402
 
 
 def test_tiny_run_reports_every_section(tmp_path):

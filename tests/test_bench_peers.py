@@ -13,7 +13,7 @@ from bench.peers import RUN_KEYS, max_streams_within, meeting_audio
 from bench.peer_clients import FRAME, Final, StreamRun, WhisperLiveClient, WhisperLiveKitClient, wlk_seconds
 from bench.clips import RATE, Clip
 
-from .helpers import ROOT
+from .support.audio import ROOT
 
 
 def test_tiny_run_reports_every_number(tmp_path):

@@ -12,7 +12,7 @@ from bench.clips import add_noise, clean_reference, frame_power, read_manifest, 
 from bench.meeting import meeting
 from bench.metrics import flicker_counts, wer
 
-from .helpers import AUDIO, ROOT
+from .support.audio import AUDIO, ROOT
 
 CLIPS = ["jfk.flac", "stereo_diarization.wav"]  # 11 s of 44.1 kHz stereo FLAC; stereo with channel markers
 KEYS = {"wer", "offline_wer", "wer_delta", "final_latency_p50", "final_latency_p95", "partial_latency_p50",

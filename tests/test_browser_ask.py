@@ -20,8 +20,11 @@ import pytest
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence
-from .test_browser import CHROMIUM, browser_args, pytestmark, record_errors  # noqa: F401 - pytestmark: skips
+from .support.audio import RATE, join_with_silence
+from .support.browser import CHROMIUM, browser_args, needs_chromium, record_errors
+from .support.servers import http_base
+
+pytestmark = needs_chromium
 
 ROOM = "ask-demo"  # on the shared server (cpu_url): a room no other test uses
 QUESTION = "What did the speaker ask Americans to do?"

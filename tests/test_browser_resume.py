@@ -24,8 +24,11 @@ import soxr
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, wer
-from .test_browser import CHROMIUM, browser_args, pytestmark, record_errors  # noqa: F401 - pytestmark: skips
+from .support.audio import RATE, join_with_silence, wer
+from .support.browser import CHROMIUM, browser_args, needs_chromium, record_errors
+from .support.servers import http_base
+
+pytestmark = needs_chromium
 
 CLIPS, GAPS = ["lj001_0005.wav", "jfk_16k.wav", "ldc93s1.wav"], [1.5, 1.5, 1.0]
 TAIL_S = 40.0  # digital silence after the speech: chromium loops the file, and the test is over long before

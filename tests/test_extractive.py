@@ -15,7 +15,7 @@ import pytest
 
 from server.intelligence.extractive import Embedder, Passage, central, passages, rank
 
-from .helpers import manifest
+from .support.audio import manifest
 
 QUESTIONS = json.loads((Path(__file__).parent / "ask_questions.json").read_text())
 CLIPS = ["jfk_16k.wav", "ldc93s1.wav", "lj001_0001.wav", "lj001_0005.wav", "lj050_0131.wav",

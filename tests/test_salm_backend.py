@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 
 from server.backends.salm import SalmBackend, cut_at_eos  # noqa: E402  (cheap: NeMo is imported lazily)
 
-from .helpers import ROOT, load_16k  # noqa: E402
+from .support.audio import ROOT, load_16k  # noqa: E402
 
 
 @pytest.fixture(scope="session")

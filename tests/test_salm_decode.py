@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 
 from server.backends.salm import SalmBackend, cut_at_eos  # noqa: E402
 
-from .helpers import load_16k  # noqa: E402
+from .support.audio import load_16k  # noqa: E402
 
 CAP = 30
 

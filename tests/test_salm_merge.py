@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 
 from server.backends.salm import SalmBackend  # noqa: E402  (cheap: NeMo is imported lazily)
 
-from .helpers import load_16k  # noqa: E402
+from .support.audio import load_16k  # noqa: E402
 
 # A fixed cap (rate 0): every clip decodes the same number of tokens whatever it is batched with.
 FIXED = dict(device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=32)

@@ -5,8 +5,9 @@ import asyncio
 
 from client.stream import stream_audio
 
-from .helpers import RATE, health, join_with_silence, load_16k, scrape
-from .test_streaming import check_protocol_order
+from .support.audio import RATE, join_with_silence, load_16k
+from .support.v1 import check_protocol_order
+from .support.servers import health, http_base, scrape
 
 
 async def test_jfk_through_tiny_salm_gives_partials_then_finals_in_order(salm_url, tiny_salm_dir):
@@ -40,8 +41,6 @@ async def test_asking_a_room_runs_the_llm_with_the_adapter_off_while_captions_go
     import json
 
     import aiohttp
-
-    from .helpers import http_base
 
     audio, _ = join_with_silence(["ldc93s1.wav", "uberi_one_two_three.wav"], [1.0, 1.0])
     alone = await stream_audio(audio, RATE, salm_url, speed=0, start_extra={"room": "salm-ask"})

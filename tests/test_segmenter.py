@@ -6,7 +6,7 @@ from server.config import SegmenterConfig
 from server.core.segmenter import Segmenter
 from server.core.vad import make_vad
 
-from .helpers import RATE, continuous_speech, join_with_silence, load_16k
+from .support.audio import RATE, continuous_speech, join_with_silence, load_16k
 
 UTTERANCES = ["ldc93s1.wav", "lj050_0131.wav", "uberi_one_two_three.wav", "lj001_0005.wav"]
 

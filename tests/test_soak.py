@@ -14,7 +14,7 @@ from bench.soak.audio import RATE, SEND_FRAME, Stream, plan_drop, reference_wind
 from bench.soak.clients import SendLog, final_latencies
 from server.config import load_config
 
-from .helpers import ROOT
+from .support.audio import ROOT
 
 
 def test_soak_15_clients_3_resumed_lose_no_final(tmp_path, tiny_salm_dir):

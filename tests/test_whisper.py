@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect
 from client.stream import stream_audio
 from server.backends import whisper as W
 
-from .helpers import RATE, load_16k, manifest, wer
-from .test_streaming import check_protocol_order
+from .support.audio import RATE, load_16k, manifest
+from .support.v1 import check_protocol_order
 
 # Whole clips through WhisperModel.transcribe (offline, one clip at a time) score a pooled WER of 0.156 on these
 # clips (../shared/notes/whisper.md); streaming them through the server scored 0.166 here. The bound leaves room
