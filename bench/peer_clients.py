@@ -78,8 +78,9 @@ class Client:
             frame = self.audio[i:i + FRAME]
             # Like a microphone: a frame leaves once all of its audio has been spoken.
             await asyncio.sleep(max(0.0, start_at + (i + len(frame)) / RATE - time.monotonic()))
-            await self.ws.send(self.encode(frame))
+            # Stamped before the send: a caption of this frame may be read while the send waits to drain.
             self.run.sent_at.append(time.monotonic())
+            await self.ws.send(self.encode(frame))
 
     async def run_stream(self, start_at: float, drain_s: float) -> None:
         try:
