@@ -1,7 +1,7 @@
 """Ask the meeting, extractive mode, against a real server on loopback: real speech from ../shared/audio streamed
 through Whisper tiny.en into a room, then questions with known answers (tests/ask_questions.json), the rolling
 summary, viewer tokens, 429 past the limit, bad requests; and generative mode through `intelligence.llm_url`
-against a stand-in OpenAI-compatible server (tests/llm_standin.py: a stand-in, not a model)."""
+against a stand-in OpenAI-compatible server (tests/support/llm_standin.py: a stand-in, not a model)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +14,10 @@ import pytest
 
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, run_server
-from .llm_standin import standin
+from .support.audio import RATE, join_with_silence
+from .support.llm_standin import standin
+from .support.servers import health, http_base, run_server
+from .support.waits import until
 
 SPEAKER, VIEWER = "spk-secret", "view-secret"
 ROOM = "board"
@@ -104,7 +106,7 @@ async def test_the_summary_keeps_key_sentences_and_refreshes_only_after_new_fina
         assert first["summary"] == " ".join(c["text"] for c in cited)
         assert [c["start"] for c in cited] == sorted(c["start"] for c in cited)  # in the meeting's order
         assert len({clip_of(c, spans) for c in cited}) >= 4  # the meeting's different parts, not one part 5 times
-        await asyncio.sleep(1.2)  # past summary_interval_s, but nothing new was said: the same summary
+        await asyncio.sleep(1.2)  # the time under test: past summary_interval_s, with nothing new said
         async with s.get(url) as r:
             assert (await r.json())["updated_at"] == first["updated_at"]
         await stream_audio(join_with_silence(["ldc93s1.wav"], [1.0])[0], RATE, f"{ask_url}?token={SPEAKER}",
@@ -132,7 +134,7 @@ async def test_past_the_limit_asks_get_429_with_retry_after(ask_url, meeting):
     url = api(ask_url, f"/v1/rooms/{ROOM}/ask")
     busy = asyncio.create_task(stream_audio(join_with_silence(["lj001_0001.wav"], [1.0])[0], RATE,
                                             f"{ask_url}?token={SPEAKER}", speed=0))
-    await asyncio.sleep(0.5)
+    await until(lambda: health(ask_url)["sessions"] >= 1, timeout=30, what="the busy stream to start")
     async with aiohttp.ClientSession() as s:
         replies = await asyncio.gather(*[post(s, url, {"question": f"question number {i} about printing?"})
                                          for i in range(8)])

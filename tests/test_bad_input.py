@@ -15,7 +15,10 @@ from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, stream_audio
 
-from .helpers import RATE, health, http_base, load_16k, run_server
+from .support.audio import RATE, load_16k
+from .support.servers import health, http_base, run_server
+from .support.v1 import recv
+from .support.waits import until
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
 F32 = {**START, "encoding": "pcm_f32le"}
@@ -75,10 +78,6 @@ ERROR_CASES = [
     ("f32 -Inf", F32, f32([-math.inf] * 160), "bad_audio"),
     ("f32 misaligned", F32, b"\x00" * 6, "bad_audio"),
 ]
-
-
-async def recv(ws, timeout=20) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
 async def error_case(url, first, bad, code):
@@ -147,8 +146,8 @@ async def never_completes_handshake(url):
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection(host, int(port))
     t0 = loop.time()
-    assert await asyncio.wait_for(reader.read(), timeout=15) == b""  # EOF: the server hung up
-    assert loop.time() - t0 < 10
+    assert await asyncio.wait_for(reader.read(), timeout=30) == b""  # EOF: the server hung up
+    assert loop.time() - t0 < 20  # at its 2 s handshake timeout, bounded 10x (the machine may be busy)
     writer.close()
 
 
@@ -164,11 +163,7 @@ async def never_reads(url):
     await ws.send(json.dumps(START))
     for _ in range(3000):  # each answered with a ~150-byte bad_audio error it will never read
         await asyncio.wait_for(ws.send(b"\x00" * 3), 10)
-    for _ in range(60):
-        if health(url)["sessions"] <= before:
-            break
-        await asyncio.sleep(0.5)
-    assert health(url)["sessions"] <= before
+    await until(lambda: health(url)["sessions"] <= before, timeout=30, what="the server to drop the session")
     ws.transport.abort()
 
 
@@ -218,10 +213,8 @@ async def test_bad_input_corpus_harms_no_one(strict_url):
     baseline = await stream_audio(good_audio, RATE, strict_url, speed=0)
 
     good = asyncio.create_task(stream_audio(good_audio, RATE, strict_url, speed=1.0))
-    cases = 0
     for _, first, bad, code in ERROR_CASES:
         await error_case(strict_url, first, bad, code)
-        cases += 1
     await close_case(strict_url, START, "x" * ((1 << 20) + 10), 1009)
     await close_case(strict_url, START, b"\x00" * (10 << 20), 1009)
     # the slow cases (each waits out a limit) at once, beside the good stream; never_reads counts the server's
@@ -230,18 +223,17 @@ async def test_bad_input_corpus_harms_no_one(strict_url):
         flood_of_tiny_frames, far_faster_than_real_time, idle_after_start, never_completes_handshake,
         viewer_sends_audio, viewer_without_room)])
     await never_reads(strict_url)
-    cases += 2 + 7
     for path, status in HTTP_CASES:
         assert await asyncio.to_thread(http_status, base, path) == status, path
     assert await asyncio.to_thread(http_status, base, "/", "POST") == 405
-    cases += len(HTTP_CASES) + 1
-    assert cases >= 40
 
     result = await good
     fields = lambda r: [(f["segment"], f["start"], f["end"], f["text"]) for f in r.finals]  # noqa: E731
     assert fields(result) == fields(baseline) and result.messages[-1]["type"] == "end"
     assert not [m for m in result.messages if m["type"] == "error"]
     assert health(strict_url)["status"] == "ok"
+    # and none of the bad connections left a session behind
+    await until(lambda: health(strict_url)["sessions"] == 0, timeout=30, what="every session to end")
 
 
 async def test_connections_per_address_are_capped(tmp_path):
@@ -255,10 +247,19 @@ async def test_connections_per_address_are_capped(tmp_path):
                 await recv(extra)
         assert extra.close_code == 1013
         await held[0].close()
-        await asyncio.sleep(0.2)
-        async with connect(url) as again:  # a freed slot is usable again
-            await again.send(json.dumps(START))
-            assert (await recv(again))["type"] == "ready"
+
+        async def admitted() -> bool:
+            """A stream starts; False while the server still counts the closed connection (it refuses)."""
+            try:
+                async with connect(url) as again:
+                    await again.send(json.dumps(START))
+                    reply = await recv(again)
+            except ConnectionClosed:
+                return False
+            assert reply["type"] == "ready" or reply["code"] == "too_many_connections", reply
+            return reply["type"] == "ready"
+
+        await until(admitted, timeout=30, what="the freed slot")  # a freed slot is usable again
         for ws in held[1:]:
             await ws.close()
 

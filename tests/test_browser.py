@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -20,15 +19,13 @@ import pytest
 import soundfile as sf
 import srt
 
-from .helpers import RATE, ROOT, load_16k
+from .support.audio import RATE, load_16k
+from .support.browser import ARTIFACTS, CHROMIUM, browser_args, needs_chromium, record_errors
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "artifacts" / "browser"
 ROOM = "e2e-browser"
 SPEAKER = "Ada"
 
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None and not Path(CHROMIUM).exists(),
-                                reason="Debian's chromium is not installed (make test installs it)")
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +35,6 @@ def mic_wav(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mic") / "jfk_then_silence.wav"
     sf.write(path, audio, RATE, subtype="PCM_16")
     return path
-
-
-def browser_args(wav: Path | None = None) -> list[str]:
-    """Headless chromium's flags; with `wav`, that file is the microphone."""
-    mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-           f"--use-file-for-fake-audio-capture={wav}"] if wav else []
-    return ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", *mic]
-
-
-def record_errors(page, errors: list[str], name: str = ""):
-    """Page errors and console errors (CSP violations among them) of `page` go into `errors`; returns the page."""
-    label = f"{name}: " if name else ""
-    page.on("pageerror", lambda exc: errors.append(f"{label}{exc}"))
-    page.on("console", lambda m: errors.append(f"{label}{m.text}") if m.type == "error" else None)
-    return page
 
 
 SRT_CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n(.+)\n")
@@ -133,7 +114,7 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             # Accessibility basics: live caption regions, a labelled toggle button.
             for page, selector in ((speaker, "#captions"), (overlay, "#captions"), (room, "#transcript")):
                 expect(page.locator(selector)).to_have_attribute("aria-live", "polite")
-            # The page's own SRT/VTT/TXT builders on awkward finals (same output as client/captions.py).
+            # The page's own SRT/VTT/TXT builders on awkward finals (same output as caption_formats).
             built = speaker.evaluate("""async () => {
                 const m = await import("/js/common.js");
                 const finals = [{start: 0, end: 1.5, text: " a <b> &  c "}, {start: 2, end: 2.5, text: ""},
@@ -220,7 +201,9 @@ def test_speaker_overlay_and_room_pages_in_chromium(cpu_url, mic_wav):
             assert speaker.evaluate("captionsDebug.resumes") == 0
             base_s = speaker.evaluate("captionsDebug.sessionBase / captionsDebug.rate")
             assert base_s > 1.0  # the new session starts where the capture was, not at 0
-            speaker.wait_for_timeout(1500)  # some speech into the new session before the stop
+            # some speech into the new session before the stop: 1.5 s more captured (a function: the CSP forbids eval)
+            speaker.wait_for_function("n => captionsDebug.captured >= n",
+                                      arg=speaker.evaluate("captionsDebug.captured") + 1.5 * rate, timeout=20_000)
 
             # Stop: the open window's final comes, then `end`; the page settles in "stopped".
             speaker.get_by_role("button", name="Stop captioning").click()

@@ -19,8 +19,11 @@ from bench.cluster import cluster as start_cluster
 from client.link import CaptionLink
 from client.stream import stream_audio
 
-from .helpers import RATE, http_base, join_with_silence, wer
-from .test_mic_resume import CLIPS, CUT, PAUSES, run_link, text, until
+from .support.audio import RATE, join_with_silence, wer
+from .support.link import CLIPS, CUT, PAUSES, run_link
+from .support.servers import http_base
+from .support.v1 import text
+from .support.waits import until
 
 LONG_CLIPS = CLIPS + ["lj001_0001.wav", "lj050_0131.wav"]  # 46 s with the pauses: room for a 10 s outage
 LONG_PAUSES = PAUSES + [1.5, 1.5]
@@ -100,7 +103,8 @@ async def test_a_speaker_on_one_replica_reaches_viewers_on_every_replica_exactly
             [speaker_at] = where(cluster, "sessions")
             viewers_at = {r.name: healthz(r.url)[1]["viewers"] for r in cluster.replicas}
             result = await streaming
-            await asyncio.sleep(1.0)  # the last final's way through Redis to the other replicas
+            await until(lambda: all(len(w.finals) >= len(result.finals) for w in [a, b, *direct]), timeout=30,
+                        what="the last final's way through Redis to every viewer")
         finally:
             for w in direct:
                 await w.__aexit__()
@@ -116,7 +120,7 @@ async def test_a_speaker_on_one_replica_reaches_viewers_on_every_replica_exactly
     # a late viewer on any replica gets the same backlog; the room's transcript is the same from every replica
     for r in cluster.replicas:
         async with Watcher(r.url, "hall") as late:
-            await asyncio.sleep(0.3)
+            await until(lambda: len(late.messages) >= len(sent), timeout=30, what=f"the backlog on {r.name}")
         assert [(m["segment"], m["text"]) for m in late.messages] == [s[:2] for s in sent]
         assert all(m["backlog"] for m in late.messages)
         assert [(f["segment"], f["text"]) for f in transcript(r.url, "rooms/hall")] == [s[:2] for s in sent]

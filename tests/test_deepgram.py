@@ -22,7 +22,9 @@ from server.streams import deepgram as dg
 from server.config import load_config
 from server.streams.protocol import MAX_CONTEXT
 
-from .helpers import RATE, continuous_speech, heard, http_base, join_with_silence, load_16k, room_finals, server_process
+from .support.audio import RATE, continuous_speech, heard, join_with_silence, load_16k
+from .support.servers import http_base, room_finals, server_process
+from .support.waits import all_read
 
 with warnings.catch_warnings():  # the SDK's async client imports websockets.legacy, deprecated since 14.0
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -317,7 +319,7 @@ async def test_a_dropped_deepgram_stream_still_gets_its_open_window_into_the_roo
     pcm = encode(load_16k("jfk_16k.wav")[:3 * RATE], "pcm_s16le")  # "And so my fellow Americans", mid-window
     for i in range(0, len(pcm), RATE // 5):
         await ws.send(pcm[i:i + RATE // 5])
-    await asyncio.sleep(1.0)
+    await all_read(ws, {"type": "NotAType"}, "Error")  # an unknown type gets a SchemaError, in order
     ws.transport.abort()
     finals = await room_finals(server, room)
     assert "fellow" in " ".join(f["text"] for f in finals).lower(), finals

@@ -3,7 +3,6 @@ transcripts survive a restart, and a failing or stuck backend fails only its own
 import asyncio
 import json
 import signal
-import time
 import urllib.request
 
 import pytest
@@ -11,17 +10,16 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from client.stream import encode, stream_audio
-from server.backends.whisper import WhisperBackend
 from server.config import load_config
 from server.core.engine import Engine
 from server.httpapi.health import health
 from server.app import CaptionServer
 
-from .helpers import RATE, continuous_speech, http_base, join_with_silence, load_16k, server_process
-
-
-async def recv(ws, timeout=60) -> dict:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+from .support.audio import RATE, continuous_speech, join_with_silence, load_16k
+from .support.peers import FaultyBackend
+from .support.servers import http_base, server_process
+from .support.v1 import read_all_sent, recv
+from .support.waits import until
 
 
 def get(url: str) -> tuple[int, str]:
@@ -39,9 +37,9 @@ async def test_sigterm_flushes_open_windows_then_transcripts_survive_a_restart(t
             session = (await recv(ws))["session"]
             for i in range(0, len(audio), 1600):
                 await ws.send(encode(audio[i:i + 1600], "pcm_s16le"))
-            await asyncio.sleep(0.5)
-            proc.send_signal(signal.SIGTERM)
             messages = []
+            await read_all_sent(ws, messages)  # the window the signal must flush holds all 6.5 s
+            proc.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed):
                 while True:
                     messages.append(await recv(ws))
@@ -64,8 +62,8 @@ async def test_sigterm_flushes_open_windows_then_transcripts_survive_a_restart(t
 
 
 async def test_a_second_signal_exits_at_once(tmp_path):
-    with server_process("--backend", "whisper", "--data-dir", str(tmp_path),
-                        log_path=tmp_path / "s.log") as (url, proc):
+    log = tmp_path / "s.log"
+    with server_process("--backend", "whisper", "--data-dir", str(tmp_path), log_path=log) as (url, proc):
         async with connect(url) as ws:
             await ws.send(json.dumps({"type": "start", "sample_rate": RATE}))
             await recv(ws)
@@ -73,36 +71,12 @@ async def test_a_second_signal_exits_at_once(tmp_path):
             for i in range(0, len(speech), RATE // 2):  # 25 s of speech queued: flushing it takes a while
                 await ws.send(encode(speech[i:i + RATE // 2], "pcm_s16le"))
             proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            t0 = time.monotonic()
+            await until(lambda: "shutting down: flushing open streams" in log.read_text(), timeout=30,
+                        what="the server to take the first signal")
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 1
-            assert time.monotonic() - t0 < 3
-
-
-class FaultyBackend:
-    """The real embedded backend with injected faults: batches number `fail` raise, number `hang` stall."""
-
-    def __init__(self, fail=(), hang=(), hang_s=3.0):
-        self.inner = WhisperBackend()
-        self.name, self.model, self.reason = "whisper", self.inner.model, "test: fault injection"
-        self.uses_drafts, self.costly_batches = False, self.inner.costly_batches
-        self.calls = 0
-        self.fail, self.hang, self.hang_s = set(fail), set(hang), hang_s
-
-    def transcribe(self, audios, drafts=None, contexts=None):
-        self.calls += 1
-        if self.calls in self.fail:
-            raise RuntimeError("injected fault")
-        if self.calls in self.hang:
-            time.sleep(self.hang_s)
-        return self.inner.transcribe(audios, drafts, contexts)
-
-    def decode_stats(self):
-        return None
-
-    def close(self):
-        self.inner.close()
+            # exit status 1 is the second signal's (a finished flush exits 0, a missed deadline 3)
+            assert await asyncio.to_thread(proc.wait, 30) == 1
+    assert "second signal: exiting now" in log.read_text()
 
 
 async def run_in_process(backend, tmp_path, **overrides):

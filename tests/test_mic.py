@@ -8,11 +8,10 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,11 @@ from client.link import Backlog, CaptionLink
 from client.mic import Display
 from client.resample import RATE, Framer, MonoResampler
 
-from .helpers import AUDIO, ROOT, heard, join_with_silence, transcript, wer
-from .pulse import pulseaudio
+from .support.audio import AUDIO, ROOT, heard, join_with_silence, transcript, wer
+from .support.peers import ThreadedPeer
+from .support.pulse import Mic, pulseaudio
+from .support.servers import free_port, server_process
+from .support.waits import until
 
 FINAL_LINE = re.compile(r"^\[\s*([\d.]+) ->\s*([\d.]+)\] (.*)$")
 
@@ -150,34 +152,6 @@ def test_display_rewrites_the_partial_in_place_on_a_terminal(monkeypatch):
 
 # --- reconnecting: a real server restarted on the same port in the middle of an utterance -------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_cpu_server(port: int, log_path: Path) -> subprocess.Popen:
-    """`python -m server --backend whisper` on a fixed port, so that a restart comes back at the same URL, in its
-    own process group (with its worker processes); returns once it serves."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--backend", "whisper"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
-                                text=True, start_new_session=True)
-    for line in proc.stdout:
-        if line.startswith("Serving captions at"):
-            return proc
-    crash(proc)
-    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}")
-
-
-def crash(proc: subprocess.Popen) -> None:
-    """SIGKILL to the server and its workers: nothing gets flushed, as in a crash."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 async def test_server_killed_mid_utterance_and_restarted_loses_no_utterance(tmp_path):
     """SIGKILL, like a crash or a lost network: the server cannot flush, so the window it had open is gone and
     only the client's backlog (all audio since the last final) can bring that utterance back."""
@@ -185,53 +159,55 @@ async def test_server_killed_mid_utterance_and_restarted_loses_no_utterance(tmp_
     speech, spans = join_with_silence(names, [1.0, 1.5, 2.0, 1.2])
     stereo48 = np.repeat(soxr.resample(speech, RATE, 48000).astype(np.float32)[:, None], 2, axis=1)
     cut_at = (spans[1][0] + spans[1][1]) / 2  # the server dies in the middle of the second utterance
-    port = free_port()
-    servers = [start_cpu_server(port, tmp_path / "server-1.log")]
-    messages, statuses = [], []
-    backlog = Backlog(max_s=30)
-    link = CaptionLink(f"ws://127.0.0.1:{port}/v1/listen", backlog, messages.append, statuses.append,
-                       backoff=(0.2, 1.0))
-    feed = AudioFeed(48000, backlog, link.wake)
-    runner = asyncio.create_task(link.run(await link.connect()))
+    port = free_port()  # a fixed port, so that the restarted server comes back at the same URL
+    servers = ExitStack()
 
-    def restart() -> None:
-        crash(servers[0])
-        servers.append(start_cpu_server(port, tmp_path / "server-2.log"))
+    def start(n: int):
+        # a later --port wins over the launcher's --port 0
+        return servers.enter_context(server_process("--backend", "whisper", "--port", str(port), "--data-dir",
+                                                    str(tmp_path / "data"), log_path=tmp_path / f"server-{n}.log"))[1]
 
-    restarting, live = None, False
-    speed, block = 2.0, 960  # 20 ms blocks, as the capture callback hands them over, at twice real time
-    t0 = time.monotonic()
-    try:
-        for i in range(0, len(stereo48), block):
-            feed.push(stereo48[i:i + block])
-            if restarting is None and i / 48000 >= cut_at:
-                # the first utterance's final in hand (a busy CPU may delay it), the second still open
-                for _ in range(300):
-                    if link.finals:
-                        break
-                    await asyncio.sleep(0.1)
-                assert link.sessions == 1 and len(link.finals) == 1, link.finals
-                restarting = asyncio.create_task(asyncio.to_thread(restart))
-                t0 = time.monotonic() - (i + block) / 48000 / speed  # go on at the same pace after the wait
-            elif restarting is not None and not live and i / 48000 >= spans[-1][0] - 0.5:
-                # a loaded CPU may take longer to restart the server than the audio lasts: the last utterance
-                # goes out live only once the link is back, so that it is shown as partials too
-                await restarting
-                for _ in range(300):
-                    if link.sessions == 2:
-                        break
-                    await asyncio.sleep(0.1)
-                live = True
-                t0 = time.monotonic() - (i + block) / 48000 / speed
-            await asyncio.sleep(max(0.0, t0 + (i + block) / 48000 / speed - time.monotonic()))
-        await restarting
-        feed.flush()
-        link.finish()
-        await asyncio.wait_for(runner, timeout=90)
-    finally:
-        runner.cancel()
-        for proc in servers:
-            crash(proc)
+    with servers:
+        first = start(1)
+        messages, statuses = [], []
+        backlog = Backlog(max_s=30)
+        link = CaptionLink(f"ws://127.0.0.1:{port}/v1/listen", backlog, messages.append, statuses.append,
+                           backoff=(0.2, 1.0))
+        feed = AudioFeed(48000, backlog, link.wake)
+        runner = asyncio.create_task(link.run(await link.connect()))
+
+        def restart() -> None:
+            first.kill()  # SIGKILL: nothing gets flushed, as in a crash
+            first.wait()
+            start(2)
+
+        restarting, live = None, False
+        speed, block = 2.0, 960  # 20 ms blocks, as the capture callback hands them over, at twice real time
+        t0 = time.monotonic()
+        try:
+            for i in range(0, len(stereo48), block):
+                feed.push(stereo48[i:i + block])
+                if restarting is None and i / 48000 >= cut_at:
+                    # the first utterance's final in hand (a busy CPU may delay it), the second still open
+                    await until(lambda: link.finals, timeout=30, what="the first final")
+                    assert link.sessions == 1 and len(link.finals) == 1, link.finals
+                    restarting = asyncio.create_task(asyncio.to_thread(restart))
+                    t0 = time.monotonic() - (i + block) / 48000 / speed  # go on at the same pace after the wait
+                elif restarting is not None and not live and i / 48000 >= spans[-1][0] - 0.5:
+                    # a loaded CPU may take longer to restart the server than the audio lasts: the last utterance
+                    # goes out live only once the link is back, so that it is shown as partials too
+                    await restarting
+                    await until(lambda: link.sessions == 2, timeout=30, what="the link back on the new server")
+                    live = True
+                    t0 = time.monotonic() - (i + block) / 48000 / speed
+                # the capture's pace: the audio goes out as a microphone would deliver it, at `speed`
+                await asyncio.sleep(max(0.0, t0 + (i + block) / 48000 / speed - time.monotonic()))
+            await restarting
+            feed.flush()
+            link.finish()
+            await asyncio.wait_for(runner, timeout=90)
+        finally:
+            runner.cancel()
 
     assert link.sessions == 2
     lost = [s for s in statuses if "connection lost" in s]
@@ -259,41 +235,13 @@ def pulse(tmp_path_factory):
         yield p
 
 
-class Mic:
-    """`python -m client.mic ARGS` in the background; collects its output lines as they come."""
-
-    def __init__(self, *args: str, env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-m", "client.mic", *args], cwd=ROOT, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True),
-                         threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)]
-        for reader in self._readers:
-            reader.start()
-
-    def wait_for(self, text: str, timeout: float = 30, lines: list[str] | None = None) -> None:
-        """Until `text` shows in a line of stderr (or of `lines`, e.g. self.out)."""
-        lines = self.err if lines is None else lines
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in lines):
-            assert self.proc.poll() is None and time.monotonic() < deadline, (text, self.err)
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
-        self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return self.proc.returncode, "".join(self.out), "".join(self.err)
-
-
 def test_mic_captions_a_clip_played_into_pulseaudio(pulse, cpu_url, tmp_path):
     saved = tmp_path / "captions.srt"
     # a generous bound: the shared CPU may be busy, and the bound itself is not what this test is about
     mic = Mic("--url", cpu_url, "--save", str(saved), "--stop-timeout", "90", env=pulse.env)
     mic.wait_for("listening on")  # printed once audio flows
     pulse.play(AUDIO / "jfk_16k.wav")  # 11 s of speech, upsampled by PulseAudio to the sink's 48 kHz stereo
-    time.sleep(1.0)  # a pause after the last word, as a speaker would leave
+    time.sleep(1.0)  # real time: the microphone hears 1 s of silence after the last word, as a speaker would leave
     mic.proc.send_signal(signal.SIGINT)
     code, out, err = mic.finish(timeout=120)
     assert code == 0, err
@@ -314,56 +262,35 @@ def test_mic_captions_a_clip_played_into_pulseaudio(pulse, cpu_url, tmp_path):
     assert starts == sorted(starts) and cues[-1].end.total_seconds() - starts[0] > 8.0
 
 
-class StalledServer:
-    """A websocket peer that answers `start`, sends one final, then never answers again (not even `stop`): what a
-    client sees from a server stuck in a long batch. Runs its own event loop in a thread."""
+class StalledServer(ThreadedPeer):
+    """Answers `start`, sends one final, then never answers again (not even `stop`): what a client sees from a
+    server stuck in a long batch."""
 
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    async def _serve(self):
-        from websockets.asyncio.server import serve
-
-        async def handler(ws):
-            await ws.recv()  # start
-            await ws.send('{"type":"ready","session":"stalled","backend":"none","model":"none"}')
-            await ws.send('{"type":"final","segment":0,"start":0.0,"end":1.0,"text":"before the stall"}')
-            async for _ in ws:  # audio, then stop: never answered
-                pass
-
-        self.stop = asyncio.Event()
-        async with serve(handler, "127.0.0.1", 0) as server:
-            self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/listen"
-            self.ready.set()
-            await self.stop.wait()
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
+    async def handler(self, ws) -> None:
+        await ws.recv()  # start
+        await ws.send('{"type":"ready","session":"stalled","backend":"none","model":"none"}')
+        await ws.send('{"type":"final","segment":0,"start":0.0,"end":1.0,"text":"before the stall"}')
+        async for _ in ws:  # audio, then stop: never answered
+            pass
 
 
 def test_a_second_ctrl_c_quits_at_once_and_still_saves(pulse, tmp_path):
-    server = StalledServer()
     saved = tmp_path / "captions.txt"
-    mic = Mic("--url", server.url, "--save", str(saved), "--stop-timeout", "120", env=pulse.env)
-    try:
-        mic.wait_for("listening on")
-        mic.wait_for("before the stall", lines=mic.out)  # finals go to stdout
-    except AssertionError:
-        mic.proc.kill()
-        server.close()
-        raise
-    mic.proc.send_signal(signal.SIGINT)
-    mic.wait_for("stopping")
-    t = time.monotonic()
-    mic.proc.send_signal(signal.SIGINT)
-    code, out, err = mic.finish(timeout=30)
-    server.close()
-    assert time.monotonic() - t < 10, "the second Ctrl-C did not cut the wait for the last captions short"
+    with StalledServer() as server:
+        mic = Mic("--url", server.url, "--save", str(saved), "--stop-timeout", "120", env=pulse.env)
+        try:
+            mic.wait_for("listening on")
+            mic.wait_for("before the stall", lines=mic.out)  # finals go to stdout
+            mic.proc.send_signal(signal.SIGINT)
+            mic.wait_for("stopping")
+            t = time.monotonic()
+            mic.proc.send_signal(signal.SIGINT)
+            # the time is the point: well under the 120 s --stop-timeout that a missed second Ctrl-C waits out
+            code, out, err = mic.finish(timeout=90)
+            assert time.monotonic() - t < 60, "the second Ctrl-C did not cut the wait for the last captions short"
+        finally:
+            if mic.proc.poll() is None:
+                mic.proc.kill()
     assert code == 130 and "quit: the last" in err, err
     assert "before the stall" in out and saved.read_text() == "before the stall\n"
 

@@ -6,26 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 
-from client.capture import AudioFeed
 from client.link import Backlog, CaptionLink
 
-from .helpers import RATE, heard, join_with_silence, server_process, wer
-
-FRAME = RATE * 40 // 1000  # the mic client's 40 ms frames
-BLOCK = RATE // 50         # 20 ms blocks, as the capture callback hands them over
-
-CLIPS, PAUSES = ["lj001_0005.wav", "jfk_16k.wav", "ldc93s1.wav"], [1.5, 1.5, 1.0]  # 26 s: 8.1 + 11 + 2.9 s of speech
-# The cut: 12.44 s, 2.83 s into jfk, in the 0.6 s pause after "my fellow Americans" (12.30-12.89 s), on a 40 ms
-# frame edge. Even inside the pause Whisper tiny.en reads the window that ends there as "... am I fellow ..."
-# for some ends (12.36, 12.49, 12.53 s, ...); from 12.37 to 12.48 s it reads it alike, so the cut is there.
-CUT = int(12.44 * RATE)
+from .support.audio import RATE, heard, join_with_silence, wer
+from .support.link import CLIPS, CUT, FRAME, PAUSES, run_link
+from .support.peers import ThreadedPeer
+from .support.servers import server_process
+from .support.v1 import text
+from .support.waits import until
 
 
 class Proxy:
@@ -91,62 +85,6 @@ def port_of(url: str) -> int:
 
 def stored(data: Path, session: str) -> list[dict]:
     return [json.loads(line) for line in (data / "sessions" / f"{session}.jsonl").read_text().splitlines()]
-
-
-def push(feed: AudioFeed, audio: np.ndarray) -> None:
-    for i in range(0, len(audio), BLOCK):
-        feed.push(audio[i:i + BLOCK])
-
-
-async def until(condition, timeout: float = 120.0, what: str = "") -> None:
-    """Polls `condition` (generous: a loaded CPU may be slow to transcribe)."""
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or condition}")
-
-
-async def all_sent_one_final_open(link: CaptionLink, ws) -> None:
-    """Waits until the link has its first final and has sent all the audio it holds, and that has left this
-    process (a proxy or nginx then passes it on): the server's open window then ends where the fed audio does."""
-    await until(lambda: len(link.finals) >= 1 and link.sent == link.backlog.end
-                and ws.transport.get_write_buffer_size() == 0, what="the first final and all audio sent")
-    await asyncio.sleep(1.0)  # the proxy, on this loop, reads what the kernel holds and forwards it
-    assert len(link.finals) == 1, link.finals  # the window at the cut is still open
-
-
-def text(finals: list[dict]) -> str:
-    return " ".join(f["text"] for f in finals if f["text"].strip())
-
-
-async def run_link(url: str, audio: np.ndarray, cut_at: int | None = None, interrupt=None,
-                   room: str | None = None) -> tuple[CaptionLink, dict, list[dict], list[str]]:
-    """Streams `audio` through a CaptionLink as the mic command would (20 ms blocks at 16 kHz, as fast as the link
-    takes them). With `cut_at`: that many samples, then, once the first final is in and the rest of them has
-    gone out, `await interrupt(link)` (a proxy's cut, a replica's kill), then the rest. Returns the link, its
-    first `ready`, what it showed, its statuses."""
-    messages, statuses = [], []
-    link = CaptionLink(url, Backlog(max_s=30), messages.append, statuses.append, room=room, backoff=(0.2, 1.0),
-                       open_timeout=30)
-    feed = AudioFeed(RATE, link.backlog, link.wake)
-    ws = await link.connect()
-    first_ready = dict(link.ready)
-    runner = asyncio.create_task(link.run(ws))
-    try:
-        if cut_at is None:
-            push(feed, audio)
-        else:
-            push(feed, audio[:cut_at])
-            await all_sent_one_final_open(link, ws)
-            await interrupt(link)
-            push(feed, audio[cut_at:])
-        feed.flush()
-        link.finish()
-        await asyncio.wait_for(runner, timeout=240)
-    finally:
-        runner.cancel()
-    return link, first_ready, messages, statuses
 
 
 def proxy_cut(proxy: "Proxy", spoil_token: bool = False):
@@ -230,9 +168,9 @@ async def test_mic_link_starts_a_new_session_when_the_server_refuses_the_resume(
 
 # --- the dedupe, against a scripted peer: finals sent again after a resume are kept once ------------------------
 
-class ScriptedServer:
-    """A websocket peer in a thread: the first connection gets `ready` (with a resume token) and final 0 (0-1 s),
-    and is cut once 2 s of audio have come and `cut_when()` holds; a resume gets `ready` and finals 0 and 1 again (`resent`), then on
+class ScriptedServer(ThreadedPeer):
+    """A websocket peer: the first connection gets `ready` (with a resume token) and final 0 (0-1 s), and is cut once
+    2 s of audio have come and `cut_when()` holds; a resume gets `ready` and finals 0 and 1 again (`resent`), then on
     `stop` final 2 and `end`. Keeps each connection's `start`. `busy_once`: the first resume is refused as a busy
     server refuses (`overloaded`, close 1013)."""
 
@@ -242,18 +180,14 @@ class ScriptedServer:
         # The cut is an abort (RST), which may discard a final the client has not read yet; the test says when
         # the client has read final 0, so what it checks (the resume offset) is not left to timing.
         self.cut_when: Callable[[], bool] = lambda: True
-        self.loop = asyncio.new_event_loop()
-        self._up = threading.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
-        self.thread.start()
-        assert self._up.wait(10)
+        super().__init__()
 
     @staticmethod
     def final(segment: int, start: float, end: float, **extra) -> str:
         return json.dumps({"type": "final", "segment": segment, "start": start, "end": end,
                            "text": f"words {segment}", **extra})
 
-    async def _handler(self, ws) -> None:
+    async def handler(self, ws) -> None:
         start = json.loads(await ws.recv())
         self.starts.append(start)
         ready = {"type": "ready", "session": "0123456789ab", "resume_token": "secret", "backend": "scripted",
@@ -265,8 +199,7 @@ class ScriptedServer:
             async for msg in ws:
                 audio += len(msg) // 2 if isinstance(msg, bytes) else 0
                 if audio >= 2 * RATE:
-                    while not self.cut_when():
-                        await asyncio.sleep(0.01)
+                    await until(self.cut_when, timeout=20, what="the client to read final 0")
                     ws.transport.abort()
                     return
         if self.busy_once:
@@ -282,19 +215,6 @@ class ScriptedServer:
                 await ws.send(self.final(2, 2.0, 3.0))
                 await ws.send(json.dumps({"type": "end"}))
                 return
-
-    async def _serve(self) -> None:
-        from websockets.asyncio.server import serve
-
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0, max_size=None) as s:
-            self.url = f"ws://127.0.0.1:{s.sockets[0].getsockname()[1]}/v1/listen"
-            self._up.set()
-            await self._stop.wait()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(10)
 
 
 async def stream_3s_through(link: CaptionLink, peer: ScriptedServer) -> None:

@@ -30,7 +30,9 @@ from server.core.session import Session
 from server.delivery.sink import OutputSink
 from server.core.vad import VadFactory, make_vad
 
-from .helpers import RATE, heard, http_base, join_with_silence, load_16k, room_finals, server_process, trim_silence
+from .support.audio import RATE, heard, join_with_silence, load_16k, trim_silence
+from .support.servers import http_base, room_finals, server_process
+from .support.waits import all_read
 
 KEY = "good-key"
 RT_RATE = 24000
@@ -172,7 +174,9 @@ async def test_session_clear_sends_no_final_and_no_stale_partial_of_the_cleared_
     assert session.clear() == 0  # the next window is segment 0 again
     cleared_at, n_at_clear = 3 * RATE, len(sent)
     assert not session.finalize()  # nothing left to commit
-    await asyncio.sleep(0.3)  # the cleared window's partials, already submitted, come back from the engine
+    # the cleared window's partials, already submitted, come back from the engine: a lowest-priority call runs
+    # only once no window is queued before it
+    await engine.run_low(lambda: None)
     tail = encode(load_16k("uberi_one_two_three.wav"), "pcm_s16le")
     for i in range(0, len(tail), 3200):
         session.audio(tail[i:i + 3200])
@@ -413,7 +417,7 @@ async def test_a_dropped_realtime_stream_still_gets_its_open_window_into_the_roo
     for i in range(0, len(pcm), CHUNK * 2):
         await ws.send(json.dumps({"type": "input_audio_buffer.append",
                                   "audio": base64.b64encode(pcm[i:i + CHUNK * 2]).decode()}))
-    await asyncio.sleep(1.0)
+    await all_read(ws, {"type": "not.a.type"}, "error")  # an unknown event gets an error, in order
     ws.transport.abort()
     finals = await room_finals(url, room)
     assert "fellow" in " ".join(f["text"] for f in finals).lower(), finals

@@ -1,7 +1,6 @@
-"""server.intelligence.remote.RemoteLLM against tests.llm_standin, a stand-in OpenAI-compatible server (not a model)
-on loopback: streaming, what is sent, keys, errors, timeouts, <think> stripping, SSE parsing."""
+"""server.intelligence.remote.RemoteLLM against tests.support.llm_standin, a stand-in OpenAI-compatible server (not a
+model) on loopback: streaming, what is sent, keys, errors, timeouts, <think> stripping, SSE parsing."""
 import asyncio
-import socket
 import time
 
 import aiohttp
@@ -9,7 +8,8 @@ import pytest
 
 from server.intelligence.remote import LLMError, RemoteLLM, _ThinkStripper
 
-from .llm_standin import LLMStandin, standin, standin_in_thread
+from .support.llm_standin import LLMStandin, standin, standin_in_thread
+from .support.servers import free_port
 
 TRANSCRIPT = "[0.0s S1#1] Good morning, everyone — café first.\n[12.3s S2#2] Let's ship the release on Friday."
 QUESTION = "What did they decide?"
@@ -102,7 +102,7 @@ async def test_a_stalled_server_times_out(where):
             with pytest.raises(LLMError, match="sent nothing for 0.3s|within 0.6s"):
                 async for piece in llm.stream(messages(), 64):
                     got.append(piece)
-            assert time.monotonic() - start < 2
+            assert time.monotonic() - start < 6  # the time is the point: bounded 10x the 0.6 s timeout
             assert bool(got) == (where == "stream")  # the first delta came before the stall
         finally:
             await llm.close()
@@ -112,20 +112,17 @@ async def test_a_total_timeout_bounds_a_trickling_reply():
     async with standin(chunks=40, chunk_delay_s=0.05) as s:  # 2 s in all, never 0.3 s silent
         llm = RemoteLLM(s.url, "standin-echo", timeout_s=0.4, idle_timeout_s=0.3)
         try:
-            start, got = time.monotonic(), []
+            got = []
             with pytest.raises(LLMError, match=r"did not finish its reply within 0.4s"):
                 async for piece in llm.stream(messages(), 64):
                     got.append(piece)
-            assert 1 < len(got) < 40
-            assert time.monotonic() - start < 2
+            assert 1 < len(got) < 40  # cut short by the bound, before the 2 s reply's end
         finally:
             await llm.close()
 
 
 async def test_an_unreachable_url_is_a_clear_error():
-    with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # free a moment ago, no listener now
     llm = RemoteLLM(f"http://127.0.0.1:{port}/v1", "m", timeout_s=2, connect_timeout_s=1)
     try:
         with pytest.raises(LLMError, match=rf"cannot reach the LLM server at {llm.url}: connection refused"):

@@ -9,28 +9,34 @@ from websockets.exceptions import ConnectionClosed
 
 from client.stream import stream_audio
 
-from .helpers import RATE, join_with_silence, load_16k, transcript, wer
+from .support.audio import RATE, join_with_silence, load_16k, transcript, wer
+from .support.servers import watch_url
 
 
-def watch_url(listen_url: str, room: str) -> str:
-    return listen_url.replace("/v1/listen", f"/v1/watch?room={room}")
+async def viewer_in(url: str, into: list, until_finals: int, timeout: float = 120) -> asyncio.Task:
+    """A viewer that keeps what it is sent until `until_finals` live finals have come; returns its task once the
+    server has let it into the room (its `watching` came)."""
+    joined = asyncio.Event()
 
-
-async def collect(url: str, into: list, until_finals: int, timeout: float = 120) -> None:
-    async with connect(url) as ws:
-        async def read():
+    async def collect() -> None:
+        async with connect(url) as ws:
             async for raw in ws:
                 into.append(json.loads(raw))
+                joined.set()  # the first message: `watching`
                 if sum(m["type"] == "final" and not m.get("backlog") for m in into) >= until_finals:
                     return
-        await asyncio.wait_for(read(), timeout)
+
+    task, waiter = asyncio.create_task(asyncio.wait_for(collect(), timeout)), asyncio.create_task(joined.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    assert joined.is_set(), task.exception() if task.done() else "no `watching` in 30 s"
+    return task
 
 
 async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_the_backlog(cpu_url):
     audio, _ = join_with_silence(["ldc93s1.wav", "uberi_one_two_three.wav", "lj050_0131.wav"], [1.0, 1.0, 1.0])
     seen: list[dict] = []
-    viewer = asyncio.create_task(collect(watch_url(cpu_url, "standup"), seen, until_finals=3))
-    await asyncio.sleep(0.5)  # the viewer is in before the speaker starts
+    viewer = await viewer_in(watch_url(cpu_url, "standup"), seen, until_finals=3)  # in before the speaker starts
     spoken = await stream_audio(audio, RATE, cpu_url, speed=2.0,
                                 start_extra={"room": "standup", "speaker": "Ada"})
     await viewer
@@ -54,8 +60,7 @@ async def test_viewer_gets_the_speakers_finals_in_order_and_a_late_viewer_gets_t
 async def test_two_speakers_in_one_room_are_told_apart_and_the_room_outlives_a_reconnect(cpu_url):
     room = "panel"
     seen: list[dict] = []
-    viewer = asyncio.create_task(collect(watch_url(cpu_url, room), seen, until_finals=3))
-    await asyncio.sleep(0.5)
+    viewer = await viewer_in(watch_url(cpu_url, room), seen, until_finals=3)
     jfk, ldc = load_16k("jfk_16k.wav")[:int(8.2 * RATE)], load_16k("ldc93s1.wav")
     # Bob speaks through `?room=` on the URL; Ada through `start`, then reconnects and speaks again.
     bob, ada = await asyncio.gather(

@@ -26,7 +26,8 @@ from server.core.engine import BackendError, Engine  # noqa: E402
 from server.intelligence.prompt import TEMPLATE_OVERHEAD, ask_messages, parse_citations, render_line, summary_messages
 from server.intelligence.salm_llm import THINK_OFF, IncrementalDetokenizer, LlmJob, chat_text  # noqa: E402
 
-from .helpers import load_16k  # noqa: E402
+from .support.audio import load_16k  # noqa: E402
+from .support.waits import until  # noqa: E402
 
 # Captions: a fixed cap of 12 tokens (rate 0), so each clip decodes the same whatever it is batched with.
 FIXED = dict(device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=12)
@@ -421,11 +422,12 @@ async def run_meeting(backend, clip, llm_jobs: int):
 
     askers = [asyncio.create_task(ask()) for _ in range(llm_jobs)]
     try:
-        await asyncio.sleep(0.05 if llm_jobs else 0)
+        if llm_jobs:  # the slices are running when the finals come
+            await until(lambda: slices, timeout=60, what="the first slice")
         finals = []
         for k in range(12):
             finals.append(asyncio.create_task(final(k)))
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.025)  # the workload under test: finals arriving 25 ms apart among the slices
         await asyncio.wait_for(asyncio.gather(*finals), 10)  # ~0.5 s; finals starved by slices would never end
     finally:
         done.set()
@@ -479,16 +481,17 @@ async def test_run_low_order_results_errors_and_close():
     probe = Probe()
     engine = Engine(probe, EngineConfig(max_batch=2, max_wait_ms=0, batch_timeout_s=5))
     engine.start()
-    gate = threading.Event()
+    gate, holding = threading.Event(), threading.Event()
 
     def slice_(name, wait=False):
         if wait:
+            holding.set()
             gate.wait(5)
         probe.order.append(name)
         return name
 
     first = asyncio.create_task(engine.run_low(slice_, "low1", True))  # holds the worker until the gate opens
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(holding.wait, 30)
     second = asyncio.create_task(engine.run_low(slice_, "low2"))
     await asyncio.sleep(0)
     windows = [engine.submit("a", np.zeros(5), final=False), engine.submit("b", np.zeros(6), final=True),
@@ -502,8 +505,9 @@ async def test_run_low_order_results_errors_and_close():
         await engine.run_low(lambda: {}["boom"])
 
     gate.clear()
+    holding.clear()
     blocked = asyncio.create_task(engine.run_low(slice_, "stuck", True))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(holding.wait, 30)
     pending = asyncio.create_task(engine.run_low(slice_, "never"))
     await asyncio.sleep(0)
     await engine.close()
@@ -522,17 +526,13 @@ async def test_a_slice_past_the_timeout_stalls_the_engine_and_later_calls_fail_f
     with pytest.raises(BackendError, match="ran past"):
         await engine.run_low(gate.wait, 5)
     assert engine.stalled
-    t0 = time.monotonic()
+    # both fail at once, by the stall ("stuck"), not each after a timeout of its own ("ran past")
     with pytest.raises(BackendError, match="stuck"):
         await engine.run_low(time.sleep, 0)
     final = engine.submit("a", np.zeros(3), final=True)
     with pytest.raises(BackendError, match="stuck"):
         await final
-    assert time.monotonic() - t0 < 0.1  # at once, not after another timeout
     gate.set()
-    for _ in range(50):
-        if not engine.stalled:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: not engine.stalled, timeout=30, what="the stuck call to return")
     assert await engine.run_low(lambda: 42) == 42  # served again once the stuck call returned
     await engine.close()

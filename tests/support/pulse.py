@@ -1,6 +1,7 @@
 """A private PulseAudio for tests: a daemon in its own runtime directory with one null sink whose monitor is the
 default source. A clip played into the sink with `paplay` is then what any PortAudio program hears from its
-default input (PortAudio -> ALSA -> the `pulse` plugin of libasound2-plugins -> this daemon).
+default input (PortAudio -> ALSA -> the `pulse` plugin of libasound2-plugins -> this daemon). `Mic` runs
+`python -m client.mic` against it.
 
 Runs as root too: without `--system`, pulseaudio only warns about it.
 """
@@ -10,10 +11,15 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .audio import ROOT
+from .waits import wait_until
 
 PACKAGES = "libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins"
 
@@ -84,3 +90,33 @@ def pulseaudio(tmp: Path, rate: int = 48000, channels: int = 2, sink: str = "mic
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class Mic:
+    """`python -m client.mic ARGS` in the background (env: a Pulse's); collects its output lines as they come."""
+
+    def __init__(self, *args: str, env: dict):
+        self.proc = subprocess.Popen([sys.executable, "-m", "client.mic", *args], cwd=ROOT, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True),
+                         threading.Thread(target=lambda: self.err.extend(self.proc.stderr), daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def wait_for(self, text: str, timeout: float = 30, lines: list[str] | None = None) -> None:
+        """Until `text` shows in a line of stderr (or of `lines`, e.g. self.out); fails if the command exits first."""
+        lines = self.err if lines is None else lines
+        seen = lambda: any(text in line for line in lines)  # noqa: E731
+        try:
+            wait_until(lambda: seen() or self.proc.poll() is not None, timeout, repr(text))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the mic command's stderr: {''.join(self.err)}") from None
+        assert seen(), (text, self.proc.returncode, self.err)
+
+    def finish(self, timeout: float = 30) -> tuple[int, str, str]:
+        self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)

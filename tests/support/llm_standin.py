@@ -29,7 +29,7 @@ From an async test:
         assert s.requests[-1]["max_tokens"] == 64
 
 From a sync test (e.g. next to a server subprocess): `with standin_in_thread() as s: ...`, the same object run
-on its own loop in a thread. By hand: `python -m tests.llm_standin --port 8000`.
+on its own loop in a thread. By hand: `python -m tests.support.llm_standin --port 8000`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""`python -m tests.stuck_server --backend stuck ...`: the real server with one more backend registered, `stuck`:
-Whisper whose close() never returns, as a backend that hangs at shutdown would. For the shutdown tests."""
+"""`python -m tests.support.stuck_server --backend stuck ...`: the real server with one more backend registered,
+`stuck`: Whisper whose close() never returns, as a backend that hangs at shutdown would. For the shutdown tests."""
+import sys
 import threading
 
 from server import backends
@@ -10,6 +11,8 @@ class StuckOnClose(whisper.WhisperBackend):
     name = "stuck"
 
     def close(self) -> None:
+        # into the server's log: the shutdown tests wait for this line before their second signal
+        print("stuck backend: in close(), which never returns", file=sys.stderr, flush=True)
         threading.Event().wait()  # forever
 
 
