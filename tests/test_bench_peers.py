@@ -30,18 +30,19 @@ def test_tiny_run_reports_every_number(tmp_path):
     for run in rep["runs"]:
         assert set(RUN_KEYS) <= set(run), set(RUN_KEYS) - set(run)
         assert run["server"] == "ours" and run["status"] == "ok", run["errors"]
-        assert 0 <= run["wer"] <= 2
+        assert run["wer"] < 0.2, run["transcripts"]  # --tiny streams jfk.flac: tiny.en gets it (near) right
         assert run["finals"] > 0
         assert 0 < run["final_latency_p50"] <= run["final_latency_p95"] < 60
         assert all(x > 0 for x in run["final_latencies"])
-        assert run["partials_per_stream_s"] >= 0
+        assert run["partials"] >= 1
+        assert run["partials_per_stream_s"] == pytest.approx(run["partials"] / (run["streams"] * run["audio_seconds"]))
         assert run["server_cpu_seconds"] > 0 and run["server_cpu_per_audio_second"] > 0
         assert run["audio_seconds"] == cfg["audio_seconds"]
         assert run["wall_seconds"] >= run["audio_seconds"]
         assert run["unfinished_streams"] == 0 and run["failed_streams"] == 0 and run["errors"] == []
         assert len(run["transcripts"]) == run["streams"]
     ours = rep["servers"]["ours"]
-    assert ours["max_streams_p95_within_3s"] in (None, 1, 2)
+    assert ours["max_streams_p95_within_3s"] == max_streams_within(rep["runs"])
     assert ours["settings"]["backend"] == "whisper" and ours["settings"]["compute_type"] == "int8"
     assert "| ours | 1 |" in proc.stdout and "| ours | 2 |" in proc.stdout
 

@@ -44,13 +44,13 @@ def test_small_run_reports_every_key_with_sane_values(tmp_path):
     assert KEYS <= set(rep)
     assert rep["streams"] == 2 and len(rep["per_clip"]) == 2
     assert rep["audio_seconds"] > 10 and rep["finals"] >= 2 and rep["partials"] >= 1
-    assert 0 <= rep["wer"] and 0 <= rep["offline_wer"]
+    jfk = rep["per_clip"][0]  # a clean, well-known clip: streamed and offline, tiny.en gets it (near) right
+    assert jfk["name"] == "jfk.flac" and jfk["wer"] < 0.2 and jfk["offline_wer"] < 0.2, jfk
     for key in ("final_latency_p50", "final_latency_p95", "partial_latency_p50", "partial_latency_p95", "rtf"):
         assert rep[key] is not None and rep[key] > 0, (key, rep[key], rep["partials"])
     # A busy CI machine may deliver a single partial per window, which leaves no interval to measure.
     assert rep["partial_interval_p50"] is None or rep["partial_interval_p50"] > 0
-    assert rep["final_latency_p50"] <= rep["final_latency_p95"]
-    assert 0 <= rep["flicker"] <= 1
+    assert rep["flicker"] is not None  # the partials showed words, whose changes were counted
     stereo = rep["per_clip"][1]
     assert stereo["overlapping"] and "[left]" not in stereo["reference"]
     assert "| wer |" in proc.stdout
