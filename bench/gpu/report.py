@@ -21,7 +21,8 @@ def print_live_row(level: dict, header: bool = False) -> None:
     print(f"| {n} | {f['delivered']}/{f['submitted']} | {fmt(fl['p50'])} / {fmt(fl['p95'])} "
           f"| {fmt(pl['p50'])} / {fmt(pl['p95'])} | {fmt(level['partials_per_stream_s'])} "
           f"| {fmt(level['caption_gap_s']['p50'])} | {fmt(level['mean_batch'], 1)} | {fmt(level['compute_busy'])} "
-          f"| {fmt(d['steps_per_batch'], 1)} | {fmt(d['draft_acceptance'])} | {fmt(level['loop_lag_ms']['max'], 1)} | {fmt(next(iter(mem.values())))} |", flush=True)
+          f"| {fmt(d['steps_per_batch'], 1)} | {fmt(d['draft_acceptance'])} | {fmt(level['loop_lag_ms']['max'], 1)} "
+          f"| {fmt(next(iter(mem.values())))} |", flush=True)
 
 
 def print_offline(report: dict) -> None:

@@ -1,8 +1,9 @@
 """`python -m bench.soak --clients 200 --seconds 60 [--drop-share 0.1]`: many clients stream speech at real time.
 
 Each client's audio is short utterances and pauses. Checks what users judge us on over a long run: all speech gets
-its final (none lost, none doubled), no client sees an error, and the server's memory stays flat after warm-up. Without `--url` it starts its own server (tiny
-random-weight SALM by default, or the Whisper CPU backend) on a free loopback port.
+its final (none lost, none doubled), no client sees an error, and the server's memory stays flat after warm-up.
+Without `--url` it starts its own server (tiny random-weight SALM by default, or the Whisper CPU backend) on a free
+loopback port.
 
 With `--replicas N` it starts a cluster instead (bench.cluster: Redis, N replicas of that server, nginx in front
 balancing by least connections) and every client goes through nginx: a client that drops reconnects through nginx
