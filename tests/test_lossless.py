@@ -110,14 +110,14 @@ async def test_a_resumed_session_equals_an_uninterrupted_one(cpu_url):
 
 
 async def test_resume_needs_the_right_token_and_a_dropped_session(cpu_url):
+    held = health_of(cpu_url)["resumable"]
     async with connect(cpu_url) as ws:
         await ws.send(json.dumps({"type": "start"}))
-    held = health_of(cpu_url)["resumable"]
         ready = await recv(ws)
         await send_audio(ws, load_16k("ldc93s1.wav"))
+        await read_all_sent(ws, [])
         ws.transport.abort()
     await until(lambda: health_of(cpu_url)["resumable"] > held, timeout=30, what="the dropped session to be held")
-        await read_all_sent(ws, [])
     async with connect(cpu_url) as ws:
         for start, code in [({"resume_token": "nope", "offset": 0}, "resume_refused"),
                             ({"offset": 0}, "resume_refused"),

@@ -13,10 +13,10 @@ from server.config import load_config
 from server.core.engine import BackendError, Engine
 from server.config import EngineConfig
 
-
-def test_default_config_loads_and_cli_overrides_win(tmp_path):
 from .support.waits import until
 
+
+def test_default_config_loads_and_cli_overrides_win(tmp_path):
     cfg = load_config()
     assert cfg.backend.name == "auto" and cfg.segmenter.max_window_s == 10.0
     cfg = load_config(None, {"server.port": "0", "segmenter.vad": "silero", "backend.model": None})
@@ -107,13 +107,13 @@ class RecordingBackend:
     def __init__(self, fail_on: int | None = None):
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
+        self.busy = threading.Event()  # set once a batch is in transcribe()
         self.fail_on = fail_on
 
-        self.busy = threading.Event()  # set once a batch is in transcribe()
     def transcribe(self, audios, drafts=None, contexts=None):
+        self.busy.set()
         self.gate.wait(5)
         self.batches.append([len(a) for a in audios])
-        self.busy.set()
         if self.fail_on in self.batches[-1]:
             raise RuntimeError("boom")
         return [str(len(a)) for a in audios]
@@ -245,12 +245,12 @@ async def test_engine_reports_each_batch_and_survives_a_failing_observer():
 
     engine.on_batch = observe
     engine.start()
+    t0 = time.monotonic()
     assert await engine.submit("a", np.zeros(5), final=True) == "5"
     assert await asyncio.wait_for(engine.submit("b", np.zeros(6), final=False), 10) == "6"  # the engine went on
-    t0 = time.monotonic()
+    took = time.monotonic() - t0
     assert [[final for final, _ in batch] for batch in seen] == [[True], [False]]
     assert all(0 <= wait <= took for batch in seen for _, wait in batch)  # seconds, each within the test's own
-    took = time.monotonic() - t0
     await engine.close()
 
 
