@@ -27,7 +27,10 @@ class ServerConfig:
 
 
 @dataclass
-class _BackendCommon:
+class BackendCommon:
+    """What every backend's section shares; BackendConfig adds one typed section per backend, made from the
+    registry at import time (so the type checker knows this part only: sections are read by name)."""
+
     name: str = "auto"  # auto (SALM on a CUDA GPU, Whisper otherwise) or a key of backends.BACKENDS
     model: str = ""  # empty: the chosen backend's own default (backend.<name>.model)
     device: str = "auto"  # auto | cuda | cpu
@@ -39,7 +42,7 @@ class _BackendCommon:
 # backend's options appear here by its registry entry alone.
 BackendConfig = dataclasses.make_dataclass(
     "BackendConfig", [(name, entry.options, field(default_factory=entry.options)) for name, entry in BACKENDS.items()],
-    bases=(_BackendCommon,))
+    bases=(BackendCommon,))
 
 
 @dataclass
@@ -132,7 +135,7 @@ class IntelligenceConfig:
 @dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    backend: BackendCommon = field(default_factory=BackendConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)

@@ -298,10 +298,12 @@ def test_parser_accepts_or_refuses_cleanly_whatever_it_gets():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
+    from server.core import errors as E
+    from server.core import requests as Q
     from server.streams import protocol as P
 
-    codes = {P.BAD_JSON, P.BAD_MESSAGE, P.UNKNOWN_TYPE, P.UNSUPPORTED_SAMPLE_RATE, P.UNSUPPORTED_ENCODING,
-             P.UNSUPPORTED_CHANNELS, P.BAD_ROOM}
+    codes = {E.BAD_JSON, E.BAD_MESSAGE, E.UNKNOWN_TYPE, E.UNSUPPORTED_SAMPLE_RATE, E.UNSUPPORTED_ENCODING,
+             E.UNSUPPORTED_CHANNELS, E.BAD_ROOM}
     json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                                lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
                                    st.text(max_size=12), inner, max_size=4), max_leaves=20)
@@ -314,10 +316,10 @@ def test_parser_accepts_or_refuses_cleanly_whatever_it_gets():
     def check(text: str) -> None:
         try:
             msg = P.parse_client_text(text)
-        except P.ProtocolError as exc:
+        except E.ProtocolError as exc:
             assert exc.code in codes and exc.message
         else:
-            assert isinstance(msg, (P.Start, P.Stop, P.Finalize, P.Ping))
+            assert isinstance(msg, (Q.Start, P.Stop, P.Finalize, P.Ping))
 
     @settings(max_examples=400, deadline=None)
     @given(st.text(max_size=200) | fields.map(json.dumps) | json_values.map(json.dumps))

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from bench.redis_server import redis_server
-from server.streams import protocol as P
+from server.core import errors as E
 from server.cluster.handover import HELD, LIVE, Handover, record
 from server.cluster.keys import Keys
 from server.cluster.link import Link
-from server.core.session import ResumeState
+from server.core.state import ResumeState
 
 KEYS = Keys("t")
 
@@ -40,12 +40,12 @@ async def test_a_dead_owners_live_record_is_claimed_with_its_numbering(redis_url
     rec, state = await taker.take("s1", "tok", release=None, known_here=lambda s: False)
     assert rec["owner"] == "a" and (state.next_segment, state.covered, state.cut_open) == (7, 16000 * 42, True)
     assert json.loads(await link.client.get(KEYS.resume("s1")))["owner"] == "b"  # ours now
-    with pytest.raises(P.ProtocolError) as refused:
+    with pytest.raises(E.ProtocolError) as refused:
         await taker.take("s1", "not-the-token", release=None, known_here=lambda s: False)
-    assert refused.value.code == P.RESUME_REFUSED
-    with pytest.raises(P.ProtocolError) as unknown:
+    assert refused.value.code == E.RESUME_REFUSED
+    with pytest.raises(E.ProtocolError) as unknown:
         await taker.take("nope", "tok", release=None, known_here=lambda s: False)
-    assert unknown.value.code == P.RESUME_UNKNOWN
+    assert unknown.value.code == E.RESUME_UNKNOWN
     await link.close()
 
 
@@ -87,6 +87,6 @@ async def test_two_takers_racing_for_one_record_one_wins(redis_url):
     won = [r for r in results if not isinstance(r, Exception)]
     lost = [r for r in results if isinstance(r, Exception)]
     assert len(won) == 1 and len(lost) == 1, results
-    assert isinstance(lost[0], P.ProtocolError) and lost[0].code == P.RESUME_UNKNOWN
+    assert isinstance(lost[0], E.ProtocolError) and lost[0].code == E.RESUME_UNKNOWN
     winner = "b" if results[0] is won[0] else "c"
     assert json.loads(await link.client.get(KEYS.resume("s4")))["owner"] == winner

@@ -4,15 +4,16 @@ a Redis URL."""
 from multidict import CIMultiDict as Headers  # aiohttp's request headers
 
 from server.cluster.link import redact
-from server.httpapi.responses import client_ip
+from server.core.events import Caption, Final, Partial
 from server.delivery.rooms import Room, Viewer
+from server.streams.admission import client_ip
 
 
-def final(segment: int, session: str = "s1", text: str = "x") -> dict:
-    return {"type": "final", "segment": segment, "start": 0.0, "end": 1.0, "text": text, "session": session}
+def final(segment: int, session: str = "s1", text: str = "x") -> Final:
+    return Final(segment, 0.0, 1.0, text, session=session)
 
 
-def watched(room: Room) -> list[dict]:
+def watched(room: Room) -> list[Caption]:
     """What a viewer of `room` is offered from now on."""
     got = []
     viewer = Viewer(send=None)
@@ -26,11 +27,11 @@ def test_a_room_lets_each_final_through_once_and_drops_partials_of_finished_segm
     got = watched(room)
     room.publish(final(0))
     room.publish(final(0))  # the same final again (stream read + live message)
-    room.publish({"type": "partial", "segment": 0, "text": "late", "session": "s1"})  # its final is out
+    room.publish(Partial(0, 0.0, 1.0, "late", session="s1"))  # its final is out
     room.publish(final(0, session="s2"))  # another session's segment 0 is another final
-    room.publish({"type": "partial", "segment": 1, "text": "live", "session": "s1"})
-    assert [(m["type"], m["session"], m["segment"]) for m in got] == [
-        ("final", "s1", 0), ("final", "s2", 0), ("partial", "s1", 1)]
+    room.publish(Partial(1, 1.0, 2.0, "live", session="s1"))
+    assert [(type(m).__name__, m.session, m.segment) for m in got] == [
+        ("Final", "s1", 0), ("Final", "s2", 0), ("Partial", "s1", 1)]
     assert len(room.backlog) == 2
 
 
@@ -38,7 +39,7 @@ def test_merging_the_shared_backlog_before_viewers_keeps_order_and_bound():
     room = Room("r", backlog=3)
     room.publish(final(5))  # this replica's own speaker, before the room's stream was read
     room.merge([final(2), final(3), final(4), final(5)])  # the stream's tail, oldest first; 5 is known
-    assert [m["segment"] for m in room.backlog] == [3, 4, 5]  # the newest 3, in order, 5 once
+    assert [m.segment for m in room.backlog] == [3, 4, 5]  # the newest 3, in order, 5 once
 
 
 def test_merging_after_viewers_joined_publishes_only_what_they_missed():
@@ -46,7 +47,7 @@ def test_merging_after_viewers_joined_publishes_only_what_they_missed():
     got = watched(room)
     room.publish(final(0))
     room.merge([final(0), final(1), final(2)])  # after Redis came back: 1 and 2 were missed meanwhile
-    assert [m["segment"] for m in got] == [0, 1, 2]
+    assert [m.segment for m in got] == [0, 1, 2]
 
 
 def test_the_client_address_behind_a_trusted_proxy():

@@ -138,8 +138,8 @@ def test_keyterms_and_keywords_become_the_context():
 
 def segmenter_for(query: str):
     """The segmenter settings a Deepgram stream with this query string gets."""
-    app, ws = SimpleNamespace(cfg=load_config()), SimpleNamespace(request=SimpleNamespace(raw_path=f"/v1/listen?{query}"))
-    return dg.DeepgramListener(app, ws, None).segmenter_config()
+    stream = SimpleNamespace(cfg=load_config(), ws=SimpleNamespace(query_string=query))  # no connection behind it
+    return dg.Deepgram(stream).segmenter_config()
 
 
 def test_endpointing_is_the_hangover_and_unread_partials_are_not_made():

@@ -7,6 +7,7 @@ import random
 import signal
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from client.stream import encode, stream_audio
 from server.app import CaptionServer
 from server.config import load_config
 from server.core.engine import Engine
+from server.core.events import Final
 from server.httpapi.health import health
 
 from .support.audio import RATE, join_with_silence, load_16k, wer
@@ -208,7 +210,7 @@ async def test_viewers_joining_while_finals_are_published_miss_none(tmp_path):
     server = CaptionServer(cfg, Engine(FaultyBackend(), cfg.engine))
     await server.start()
     watch = f"ws://127.0.0.1:{server.port}/v1/watch?room=race"
-    room = server.rooms.get("race")
+    room = server.streams.rooms.get("race")
     published: list[int] = []
     rng = random.Random(7)
     joined = 0
@@ -216,8 +218,7 @@ async def test_viewers_joining_while_finals_are_published_miss_none(tmp_path):
     async def publisher() -> None:
         n = 0
         while joined < 200:
-            room.publish({"type": "final", "segment": n, "start": 0.0, "end": 1.0, "text": "ask not",
-                          "speaker": "s", "session": "0123456789ab"})
+            room.publish(Final(n, 0.0, 1.0, "ask not", speaker="s", session="0123456789ab"))
             published.append(n)
             n += 1
             await asyncio.sleep(0.002)
@@ -268,24 +269,23 @@ class SlowViewerSocket:
 
 async def test_a_joining_viewer_misses_no_final_even_when_its_sends_yield():
     from server.delivery.rooms import Rooms
+    from server.streams.context import Live
     from server.streams.watch import watch
 
-    class App:
-        rooms, viewers, cluster = Rooms(backlog=10_000), set(), None
-
+    ctx = SimpleNamespace(rooms=Rooms(backlog=10_000), cluster=None, live=Live())  # what watch() uses of it
     rng = random.Random(11)
-    room = App.rooms.get("race")
+    room = ctx.rooms.get("race")
     published: list[int] = []
     for n in range(50):
-        room.publish({"type": "final", "segment": n, "text": "x"})
+        room.publish(Final(n, 0.0, 1.0, "x"))
         published.append(n)
     for _ in range(200):  # 200 joins, each racing a random number of finals published while it joins
         ws = SlowViewerSocket()
-        task = asyncio.create_task(watch(App, ws, "race"))
+        task = asyncio.create_task(watch(ctx, ws, "race"))
         for _ in range(rng.randint(0, 20)):
             await asyncio.sleep(0)
             n = len(published)
-            room.publish({"type": "final", "segment": n, "text": "x"})
+            room.publish(Final(n, 0.0, 1.0, "x"))
             published.append(n)
         for _ in range(10_000):  # let the viewer's sends drain (bounded: a missed final would never come)
             if len(ws.sent) >= 1 + len(published):

@@ -21,8 +21,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from client.stream import encode, stream_audio
+from server.core import errors as E
+from server.core import requests as Q
 from server.streams import protocol as P
 from server.streams import realtime as R
+from server.streams import realtime_settings as RS
+from server.core.events import Error, Event, Final, Partial, Ready
 from server.config import Config, EngineConfig, SegmenterConfig
 from server.core.engine import Engine
 from server.core.segmenter import Segmenter
@@ -50,20 +54,20 @@ def to_24k(audio: np.ndarray) -> np.ndarray:
 # -- alone: settings, segmenter, session ------------------------------------------------------------------------
 
 def test_updates_in_the_ga_and_the_beta_shape():
-    s = R.Settings.defaults(SegmenterConfig())
+    s = RS.Settings.defaults(SegmenterConfig())
     assert (s.rate, s.vad, s.prefix_padding_ms, s.silence_duration_ms) == (24000, True, 300, 600)
-    ga = R.parse_update({"type": "transcription", "audio": {"input": {
+    ga = RS.parse_update({"type": "transcription", "audio": {"input": {
         "format": {"type": "audio/pcm", "rate": 16000}, "noise_reduction": {"type": "near_field"},
         "transcription": {"model": "gpt-4o-transcribe", "language": "en", "prompt": "  Okonkwo " + "x" * 600},
         "turn_detection": {"type": "server_vad", "silence_duration_ms": 900, "prefix_padding_ms": 200,
                            "threshold": 0.7}}}, "include": ["item.input_audio_transcription.logprobs"]}, s)
     assert (ga.rate, ga.silence_duration_ms, ga.prefix_padding_ms, ga.threshold) == (16000, 900, 200, 0.7)
-    assert ga.prompt.startswith("Okonkwo x") and len(ga.prompt) <= P.MAX_CONTEXT
+    assert ga.prompt.startswith("Okonkwo x") and len(ga.prompt) <= Q.MAX_CONTEXT
     assert (ga.model, ga.language) == ("gpt-4o-transcribe", "en")
-    beta = R.parse_update({"input_audio_format": "pcm16", "turn_detection": None,
+    beta = RS.parse_update({"input_audio_format": "pcm16", "turn_detection": None,
                            "input_audio_transcription": {"prompt": "   "}}, ga)
     assert (beta.rate, beta.vad, beta.prompt, beta.silence_duration_ms) == (24000, False, None, 900)
-    assert R.parse_update({}, beta) == beta  # what an update leaves out stays
+    assert RS.parse_update({}, beta) == beta  # what an update leaves out stays
 
 
 @pytest.mark.parametrize("session, param", [
@@ -78,49 +82,49 @@ def test_updates_in_the_ga_and_the_beta_shape():
     ("not an object", "session"),
 ])
 def test_bad_updates_name_the_parameter(session, param):
-    with pytest.raises(R.RealtimeError) as exc:
-        R.parse_update(session, R.Settings())
+    with pytest.raises(RS.RealtimeError) as exc:
+        RS.parse_update(session, RS.Settings())
     assert exc.value.param == param and exc.value.message
 
 
-def encoder() -> R.RealtimeListener:
-    """A RealtimeListener with no connection behind it: enough to see how session messages become events."""
-    request = SimpleNamespace(raw_path="/v1/realtime?intent=transcription", headers={})
-    app = SimpleNamespace(cfg=Config(), engine=SimpleNamespace(backend=SimpleNamespace(name="whisper")))
-    return R.RealtimeListener(app, SimpleNamespace(request=request), None)
+def encoder() -> R.Realtime:
+    """The Realtime adapter with no connection behind it: enough to see how session events become its events."""
+    stream = SimpleNamespace(cfg=Config(), backend_name="whisper", session=None,
+                             ws=SimpleNamespace(query_string="intent=transcription", headers={}))
+    return R.Realtime(stream)
 
 
 def test_partials_become_append_only_deltas_and_a_failed_window_a_failed_event():
     li = encoder()
 
-    def events(msg: dict) -> list[dict]:
-        out = [json.loads(frame) for frame in li.encode(msg)]
+    def events(event: Event) -> list[dict]:
+        out = [json.loads(frame) for frame in li.encode(event)]
         for e in out:
             GA_EVENT.validate_python(e)
         return out
 
-    first = events(P.caption("partial", 0, 0.3, 1.0, "And so my"))
+    first = events(Partial(0, 0.3, 1.0, "And so my"))
     assert [e["type"] for e in first] == ["input_audio_buffer.speech_started",
                                           "conversation.item.input_audio_transcription.delta"]
     assert (first[0]["audio_start_ms"], first[1]["delta"]) == (300, "And so my")
-    assert [e["delta"] for e in events(P.caption("partial", 0, 0.3, 1.5, "And so my fellow"))] == [" fellow"]
-    assert events(P.caption("partial", 0, 0.3, 2.0, "And so I fell")) == []  # a revision: deltas only append
-    final = events(P.caption("final", 0, 0.3, 3.1, "And so my fellow Americans"))
+    assert [e["delta"] for e in events(Partial(0, 0.3, 1.5, "And so my fellow"))] == [" fellow"]
+    assert events(Partial(0, 0.3, 2.0, "And so I fell")) == []  # a revision: deltas only append
+    final = events(Final(0, 0.3, 3.1, "And so my fellow Americans"))
     assert [e["type"] for e in final] == [
         "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
         "conversation.item.input_audio_transcription.delta", "conversation.item.input_audio_transcription.completed"]
     assert (final[0]["audio_end_ms"], final[2]["delta"], final[3]["transcript"]) == (
         3100, " Americans", "And so my fellow Americans")
     assert {e["item_id"] for e in first + final} == {first[0]["item_id"]}
-    assert events(P.error_message(P.BACKEND_ERROR, "the model failed", segment=1)) == []
-    failed = events(P.caption("final", 1, 3.1, 4.0, ""))
+    assert events(Error(E.BACKEND_ERROR, "the model failed", segment=1)) == []
+    failed = events(Final(1, 3.1, 4.0, ""))
     assert [e["type"] for e in failed] == [
         "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
         "conversation.item.input_audio_transcription.failed"]
     assert failed[2]["previous_item_id"] == first[0]["item_id"]
     assert failed[3]["error"]["message"] == "the model failed"
-    assert events(P.ready("abcdef012345", "whisper", "tiny.en", "test")) == []
-    # What app.py sends when it refuses the connection right after the handshake: an error in this protocol.
+    assert events(Ready("abcdef012345", "whisper", "tiny.en", "test", "token")) == []
+    # What streams/intake.py sends when it refuses the connection right after the handshake: an error in this protocol.
     refusal = json.loads(encoder().error_frame("overloaded", "no new streams now"))
     GA_EVENT.validate_python(refusal)
     assert refusal["error"]["type"] == "server_error" and refusal["error"]["code"] == "overloaded"
@@ -163,11 +167,12 @@ async def test_session_clear_sends_no_final_and_no_stale_partial_of_the_cleared_
     engine.start()
     sent = []
 
-    async def to_client(msg):
-        sent.append(msg)
+    async def to_client(event: Event) -> bool:
+        sent.append(event)
+        return True  # the client is still there
 
     session = Session("abcdef012345", engine, cfg, VadFactory(cfg), OutputSink("abcdef012345", None, to_client))
-    await session.start(P.Start())
+    await session.start(Q.Start())
     speech = encode(load_16k("lj001_0005.wav")[:3 * RATE], "pcm_s16le")  # 3 s, mid-sentence: a window stays open
     for i in range(0, len(speech), 3200):
         session.audio(speech[i:i + 3200])
@@ -182,10 +187,9 @@ async def test_session_clear_sends_no_final_and_no_stale_partial_of_the_cleared_
         session.audio(tail[i:i + 3200])
     await session.stop()
     await engine.close()
-    captions = [m for m in sent if m["type"] in ("partial", "final")]
-    finals = [m for m in captions if m["type"] == "final"]
-    assert [f["segment"] for f in finals] == [0] and finals[0]["start"] * RATE >= cleared_at
-    late = [m for m in sent[n_at_clear:] if m["type"] == "partial" and m["end"] * RATE <= cleared_at]
+    finals = [e for e in sent if isinstance(e, Final)]
+    assert [f.segment for f in finals] == [0] and finals[0].start * RATE >= cleared_at
+    late = [e for e in sent[n_at_clear:] if isinstance(e, Partial) and e.end * RATE <= cleared_at]
     assert late == []  # no partial of the cleared window after the clear
 
 

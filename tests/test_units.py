@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from caption_formats import to_srt, to_txt, to_vtt
+from server.core import errors as E
+from server.core import requests as Q
 from server.streams import protocol as P
 from server.config import load_config
 from server.core.engine import BackendError, Engine
@@ -79,21 +81,21 @@ def test_boolean_overrides_from_the_command_line():
 
 
 def test_start_defaults_and_all_accepted_rates():
-    assert P.parse_client_text('{"type":"start"}') == P.Start(16000, "pcm_s16le", 1)
-    for rate in P.SAMPLE_RATES:
+    assert P.parse_client_text('{"type":"start"}') == Q.Start(16000, "pcm_s16le", 1)
+    for rate in Q.SAMPLE_RATES:
         msg = P.parse_client_text(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_f32le"}))
         assert msg.sample_rate == rate and msg.bytes_per_sample == 4
 
 
 @pytest.mark.parametrize("text, code", [
-    ("", P.BAD_JSON), ("null", P.BAD_MESSAGE), ('"start"', P.BAD_MESSAGE), ('{"type": 3}', P.BAD_MESSAGE),
-    ('{"type":"start","sample_rate":16000.5}', P.UNSUPPORTED_SAMPLE_RATE),
-    ('{"type":"start","sample_rate":true}', P.UNSUPPORTED_SAMPLE_RATE),
-    ('{"type":"start","channels":true}', P.UNSUPPORTED_CHANNELS),
-    ('{"type":"x"}', P.UNKNOWN_TYPE), ('{"type":"' + "a" * 70000 + '"}', P.BAD_MESSAGE),
+    ("", E.BAD_JSON), ("null", E.BAD_MESSAGE), ('"start"', E.BAD_MESSAGE), ('{"type": 3}', E.BAD_MESSAGE),
+    ('{"type":"start","sample_rate":16000.5}', E.UNSUPPORTED_SAMPLE_RATE),
+    ('{"type":"start","sample_rate":true}', E.UNSUPPORTED_SAMPLE_RATE),
+    ('{"type":"start","channels":true}', E.UNSUPPORTED_CHANNELS),
+    ('{"type":"x"}', E.UNKNOWN_TYPE), ('{"type":"' + "a" * 70000 + '"}', E.BAD_MESSAGE),
 ])
 def test_parser_errors(text, code):
-    with pytest.raises(P.ProtocolError) as exc:
+    with pytest.raises(E.ProtocolError) as exc:
         P.parse_client_text(text)
     assert exc.value.code == code and exc.value.message
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +20,31 @@ from . import salm, whisper
 
 log = logging.getLogger(__name__)
 
+class ChatModel(Protocol):
+    """A backend whose LLM can also run as a plain chat model (SALM: Qwen3 with the LoRA off), as "ask the meeting"
+    uses it (intelligence/salm_llm.py): token by token, in bounded slices between caption batches."""
+
+    model: str
+    llm_mode_available: bool  # llm_mode() can run (it cannot once the backend is closed)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The LLM's Hugging Face tokenizer (encode, decode, its chat template if the checkpoint ships one)."""
+        ...
+
+    def llm_mode(self) -> AbstractContextManager[None]:
+        """While inside: the LLM runs as the chat model, and no caption batch runs."""
+        ...
+
+    def llm_cache(self) -> Any:
+        """An empty KV cache for llm_logits, held by its caller between slices."""
+        ...
+
+    def llm_logits(self, ids: list[int], cache: Any) -> Any:
+        """Float logits (vocab,) after the last of ``ids``, which are appended to ``cache``; only in llm_mode."""
+        ...
+
+
 class Backend(Protocol):
     """What the engine and the server use of a backend. Optional abilities are declared, never probed."""
 
@@ -27,8 +53,11 @@ class Backend(Protocol):
     reason: str  # why this backend runs (set by create_backend), for `ready` and the log
     uses_drafts: bool  # transcribe() makes use of `drafts`; engines skip computing them otherwise
     costly_batches: bool  # a batch costs about what its windows cost one by one (no parallel hardware to fill)
-    # it can also run its LLM as a plain chat model (SALM: Qwen3 with the LoRA off), for "ask the meeting"
-    llm_mode_available: bool
+
+    @property
+    def chat(self) -> ChatModel | None:
+        """Its LLM as a plain chat model, for "ask the meeting" (SALM with a LoRA adapter: itself); None: none."""
+        ...
 
     def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
                    contexts: Sequence[str | None] | None = None) -> list[str]:

@@ -15,10 +15,15 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch  # imported when a backend is built (self._torch): every backend module is cheap to import
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE // 10  # shorter inputs are zero-padded to 0.1 s so the encoder gets at least one frame
@@ -99,11 +104,13 @@ class SalmBackend:
         self.lora_merged = self._base_weights is not None
         salm.to(device=self._device, dtype=dtype)
         # Cast as the model was: bf16(W) is what the unmerged model cast to bf16 runs with its adapter disabled.
-        for i, (module, name, weight) in enumerate(self._base_weights or []):
-            self._base_weights[i] = (module, name, _frozen(weight.to(device=self._device, dtype=dtype)))
+        if self._base_weights is not None:
+            self._base_weights = [(module, name, _frozen(weight.to(device=self._device, dtype=dtype)))
+                                  for module, name, weight in self._base_weights]
         # Whether llm_mode() can run the LLM without the adapter: with an adapter, merged (the kept base weights)
         # or not (peft's disable_adapter). Without one there is no "unadapted" LLM to go back to.
         self.llm_mode_available = had_adapter
+        self.chat: SalmBackend | None = self if had_adapter else None  # backends.ChatModel
         self.llm_base_bytes = sum(w.numel() * w.element_size() for _, _, w in self._base_weights or [])
         # eval() already skips dither, but zero it explicitly so features are deterministic whatever the mode.
         salm.cfg.perception.preprocessor.dither = 0.0
@@ -152,8 +159,8 @@ class SalmBackend:
         tokens = [[self._pad_id] * (width - len(p)) + p for p in prompts]
         return self._torch.tensor(tokens, dtype=self._torch.long, device=self._device)
 
-    def transcribe_ids(self, audios: list[np.ndarray], drafts: list[list[int]] | None = None,
-                       contexts: list[str | None] | None = None) -> list[list[int]]:
+    def transcribe_ids(self, audios: Sequence[np.ndarray], drafts: list[list[int]] | None = None,
+                       contexts: Sequence[str | None] | None = None) -> list[list[int]]:
         """Generated token ids per input, cut at the first EOS, pad dropped. ``drafts``: a guess at each output
         (the previous partial's ids), checked in the prefill; it changes the cost, never the result.
         ``contexts``: each window's stream context, which goes into its prompt."""
@@ -182,8 +189,8 @@ class SalmBackend:
             self._acceptance += 0.2 * (stats.accepted_tokens / stats.draft_tokens - self._acceptance)
         return [cut_at_eos(row, self._eos_id, self._pad_id) for row in ids]
 
-    def transcribe(self, audios: list[np.ndarray], drafts: list[str | None] | None = None,
-                   contexts: list[str | None] | None = None) -> list[str]:
+    def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
+                   contexts: Sequence[str | None] | None = None) -> list[str]:
         """Text per window; ``drafts`` is the previous partial's text of each window, where there is one."""
         tok = self._salm.tokenizer
         draft_ids = [self._draft_ids(d) for d in drafts] if drafts and self._drafts_pay() else None
@@ -266,6 +273,7 @@ class SalmBackend:
     @contextmanager
     def _base_weights_in(self):
         kept = self._base_weights  # the same list back out, even if close() drops it meanwhile
+        assert kept is not None, "llm_mode() swaps the kept base weights only when the adapter was merged"
         _swap(kept)
         try:
             yield
@@ -276,7 +284,7 @@ class SalmBackend:
         device = self._device
         self._salm = None
         self._base_weights = None
-        self.llm_mode_available = False
+        self.llm_mode_available, self.chat = False, None
         if device.type == "cuda":
             self._torch.cuda.empty_cache()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -241,7 +242,7 @@ class _StaticRunner:
         """Records one step. The warm-up steps that capturing needs run on this batch's state, so that state is
         saved first and put back after (the cache slots they wrote are rewritten by the real steps)."""
         saved = [t.clone() for t in (self.keys, self.ids, self.pos, self.slot)]
-        lengths = [layer.cumulative_length.clone() for layer in self.cache.layers]
+        lengths = [layer.cumulative_length.clone() for layer in self._static_layers()]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -253,6 +254,11 @@ class _StaticRunner:
             self._step(ignore_eos)
         for t, v in zip((self.keys, self.ids, self.pos, self.slot), saved):
             t.copy_(v)
-        for layer, v in zip(self.cache.layers, lengths):
+        for layer, v in zip(self._static_layers(), lengths):
             layer.cumulative_length.copy_(v)
         return graph
+
+    def _static_layers(self) -> list[Any]:
+        """The StaticCache's layers, each with its `cumulative_length` tensor (transformers types `layers` as any
+        kind of cache layer, some without one)."""
+        return list(self.cache.layers)

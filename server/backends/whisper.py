@@ -88,7 +88,7 @@ def load(options: WhisperOptions, model: str, device: str, max_tokens_per_second
 class WhisperBackend:
     name = "whisper"
     uses_drafts = False  # CTranslate2 can force a prefix, not check one: a draft would change the text
-    llm_mode_available = False  # a recognizer only: "ask the meeting" is extractive (or intelligence.llm_url)
+    chat = None  # a recognizer only: "ask the meeting" is extractive (or intelligence.llm_url)
     reason = ""
 
     def __init__(self, model: str = "", device: str = "cpu", options: WhisperOptions | None = None,

@@ -23,7 +23,9 @@ import socket
 from typing import Callable
 
 from ..config import Config
-from ..core.session import ResumeState
+from ..core.events import Caption, Partial
+from ..core.state import ResumeState
+from ..delivery.rooms import Rooms
 from .fanout import Fanout
 from .handover import HELD, LIVE, Handover
 from .keys import APPEND_FINAL, Keys
@@ -36,7 +38,7 @@ PAGE = 1000  # transcript entries read per Redis call
 
 
 class Cluster:
-    def __init__(self, cfg: Config, rooms, on_release: Callable[[str, str], None],
+    def __init__(self, cfg: Config, rooms: Rooms, on_release: Callable[[str, str], None],
                  on_forget: Callable[[str], None]):
         r = cfg.redis
         self.replica = r.replica or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -83,22 +85,22 @@ class Cluster:
 
     # -- captions ----------------------------------------------------------------------------------------------
 
-    async def final(self, session: str, room: str | None, record: dict, published: dict | None,
+    async def final(self, session: str, room: str | None, line: dict, published: Caption | None,
                     state: ResumeState) -> None:
         """A final's shared writes, together: transcript entries, the live resume state, the room message.
         Returns once written, or at once when Redis is away (they are kept and written later)."""
         def write(pipe) -> None:
-            line = json.dumps(record, ensure_ascii=False)
-            self._append_final(pipe, "sessions", session, session, record["segment"], line)
-            if room is not None:
-                self._append_final(pipe, "rooms", room, session, record["segment"], line)
+            text = json.dumps(line, ensure_ascii=False)
+            self._append_final(pipe, "sessions", session, session, line["segment"], text)
+            if room is not None and published is not None:
+                self._append_final(pipe, "rooms", room, session, line["segment"], text)
                 pipe.publish(*self.fanout.publish(room, published))
             self.handover.write(pipe, LIVE, state)
-        await self.outbox.put(write, wait=True)
+        await self.outbox.written(write)
 
-    def partial(self, room: str, msg: dict) -> None:
+    def partial(self, room: str, caption: Partial) -> None:
         """Live only: dropped, not kept, while Redis is away."""
-        self.outbox.put(lambda pipe: pipe.publish(*self.fanout.publish(room, msg)), keep=False)
+        self.outbox.put(lambda pipe: pipe.publish(*self.fanout.publish(room, caption)), keep=False)
 
     def _append_final(self, pipe, kind: str, name: str, session: str, segment: int, line: str) -> None:
         # EVAL, not EVALSHA: a restarted Redis has forgotten its scripts, and this one is short.
@@ -127,12 +129,12 @@ class Cluster:
     async def session_live(self, state: ResumeState) -> None:
         """A session starts (or resumes) here: resumable from here on, even if this replica dies."""
         self._live.add(state.session)
-        await self.outbox.put(lambda pipe: self.handover.write(pipe, LIVE, state), wait=True)
+        await self.outbox.written(lambda pipe: self.handover.write(pipe, LIVE, state))
 
     async def session_held(self, state: ResumeState) -> None:
         """A dropped (or drained) session is flushed: any replica may take it now."""
         self._live.discard(state.session)
-        await self.outbox.put(lambda pipe: self.handover.write(pipe, HELD, state), wait=True)
+        await self.outbox.written(lambda pipe: self.handover.write(pipe, HELD, state))
 
     def session_ended(self, session: str) -> None:
         self._live.discard(session)

@@ -16,6 +16,9 @@ import json
 import logging
 from typing import Callable
 
+from ..core.events import Caption, Final
+from ..delivery.records import caption_from_record, caption_record
+from ..delivery.rooms import Rooms
 from .keys import Keys
 from .link import FAILURES, Link
 
@@ -25,11 +28,11 @@ POLL_S = 0.05  # how often the reader looks for subscriptions to add or drop bet
 
 
 class Fanout:
-    def __init__(self, link: Link, keys: Keys, replica: str, backlog: int, rooms,
+    def __init__(self, link: Link, keys: Keys, replica: str, backlog: int, rooms: Rooms,
                  on_control: Callable[[dict], None]):
         self._link, self._keys, self._replica = link, keys, replica
         self._backlog = backlog
-        self._rooms = rooms  # rooms.Rooms: where received captions go
+        self._rooms = rooms  # where received captions go
         self._on_control = on_control
         self._wanted: set[str] = set()  # rooms this replica has viewers or speakers in
         self._confirmed: dict[str, asyncio.Event] = {}  # room -> set once its subscription is confirmed
@@ -44,9 +47,10 @@ class Fanout:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def publish(self, room: str, msg: dict) -> tuple[str, str]:
-        """(channel, payload) of a room message, for the outbox to PUBLISH."""
-        return self._keys.room_channel(room), json.dumps({"origin": self._replica, "msg": msg}, ensure_ascii=False)
+    def publish(self, room: str, caption: Caption) -> tuple[str, str]:
+        """(channel, payload) of a room's caption, for the outbox to PUBLISH."""
+        return self._keys.room_channel(room), json.dumps({"origin": self._replica, "msg": caption_record(caption)},
+                                                          ensure_ascii=False)
 
     async def open(self, room: str) -> None:
         """Before a viewer joins: the room is subscribed to and its backlog read from Redis (once per
@@ -114,7 +118,7 @@ class Fanout:
             if room_name is None:
                 self._on_control(data)
             elif data.get("origin") != self._replica and (room := self._rooms.find(room_name)) is not None:
-                room.publish(data["msg"])
+                room.publish(caption_from_record(data["msg"]))
 
     async def _read_backlog(self, room_name: str) -> None:
         entries = await self._link.call(self._link.client.xrevrange, self._keys.finals("rooms", room_name),
@@ -124,10 +128,10 @@ class Fanout:
             room.merge([stored_final(fields) for _, fields in reversed(entries)])
 
 
-def stored_final(fields: dict) -> dict:
-    """A final as a transcript stream holds it, without the time it was stored."""
-    final = json.loads(fields[b"final"] if b"final" in fields else fields["final"])
-    final.pop("time", None)
+def stored_final(fields: dict) -> Final:
+    """A final as a transcript stream holds it (the time it was stored is not part of the caption)."""
+    final = caption_from_record(json.loads(fields[b"final"] if b"final" in fields else fields["final"]))
+    assert isinstance(final, Final)  # transcript streams hold finals only
     return final
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import fields, replace
 
-from ..streams import protocol as P
-from ..streams.resume import tokens_match
-from ..core.session import RECENT_FINALS, ResumeState
+from ..core import errors as E
+from ..core.events import Final
+from ..core.state import RECENT_FINALS, ResumeState, tokens_match
 from .fanout import stored_final
 from .keys import CLAIM, DISOWN, Keys
 from .link import Link
@@ -33,8 +33,7 @@ CLAIM_TRIES = 3
 
 
 def record(owner: str, phase: str, state: ResumeState) -> str:
-    data = asdict(state)
-    data.pop("finals")
+    data = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "finals"}  # finals: in the transcript
     return json.dumps({"owner": owner, "phase": phase, "state": data}, ensure_ascii=False)
 
 
@@ -72,11 +71,11 @@ class Handover:
             while True:
                 found = await self.read(session)
                 if found is None:
-                    raise P.ProtocolError(P.RESUME_UNKNOWN, f"session {session} cannot be resumed: it ended, "
+                    raise E.ProtocolError(E.RESUME_UNKNOWN, f"session {session} cannot be resumed: it ended, "
                                                             "expired or was never here; start a new one")
                 raw, rec = found
                 if not tokens_match(rec["state"]["token"], token):
-                    raise P.ProtocolError(P.RESUME_REFUSED, "wrong resume_token for this session")
+                    raise E.ProtocolError(E.RESUME_REFUSED, "wrong resume_token for this session")
                 owner = rec["owner"]
                 if owner == self._replica and known_here(session):
                     return rec, None
@@ -88,26 +87,21 @@ class Handover:
                     release(owner, session, token)
                     asked = True
                 if loop.time() > deadline:
-                    raise P.ProtocolError(P.RESUME_UNKNOWN, f"session {session} is still live on replica "
+                    raise E.ProtocolError(E.RESUME_UNKNOWN, f"session {session} is still live on replica "
                                                             f"{owner}, which did not let it go; start a new one")
                 await asyncio.sleep(POLL_S)
-            state = ResumeState.from_dict({**rec["state"], "finals": []})
+            state = ResumeState(**{**rec["state"], "finals": []})
             mine = record(self._replica, LIVE, state)
             if await self._link.call(self._link.client.eval, CLAIM, 1, self._keys.resume(session), raw, mine,
                                      self.ttl_ms):
                 state.finals = await self._recent_finals(session)
                 log.info("session %s taken over from %s (%s)", session, owner, rec["phase"])
                 return rec, state
-        raise P.ProtocolError(P.RESUME_UNKNOWN, f"session {session} was taken by another connection meanwhile")
+        raise E.ProtocolError(E.RESUME_UNKNOWN, f"session {session} was taken by another connection meanwhile")
 
-    async def _recent_finals(self, session: str) -> list[dict]:
+    async def _recent_finals(self, session: str) -> list[Final]:
         """The session's last finals as its client got them (for `resent`), from its transcript stream."""
         entries = await self._link.call(self._link.client.xrevrange, self._keys.finals("sessions", session),
                                         count=RECENT_FINALS)
-        finals = []
-        for _, fields in reversed(entries):
-            final = stored_final(fields)
-            for extra in ("session", "speaker"):
-                final.pop(extra, None)
-            finals.append(final)
-        return finals
+        # As its client got them: on its own connection a caption carries neither speaker nor session.
+        return [replace(stored_final(entry), speaker=None, session=None) for _, entry in reversed(entries)]

@@ -14,11 +14,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from redis.asyncio.client import Pipeline
+
 from .link import FAILURES, Link
 
 log = logging.getLogger(__name__)
 
-Write = Callable[[object], None]  # adds commands to a redis-py pipeline
+Write = Callable[[Pipeline], object]  # adds commands to a redis-py pipeline (what it returns is not used)
 
 
 @dataclass
@@ -41,16 +43,22 @@ class Outbox:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="redis-outbox")
 
-    def put(self, write: Write, keep: bool = True, wait: bool = False) -> asyncio.Future | None:
-        """Queues writes; with `wait`, returns a future done once they are written or known not to be (Redis
-        away: at once)."""
-        op = Op(write, keep, asyncio.get_running_loop().create_future() if wait else None)
+    def put(self, write: Write, keep: bool = True) -> None:
+        """Queues writes; `keep`: kept (bounded) while Redis is away, written once it is back."""
+        self._enqueue(Op(write, keep))
+
+    def written(self, write: Write, keep: bool = True) -> asyncio.Future:
+        """Queues writes; the future is done once they are written or known not to be (Redis away: at once)."""
+        done = asyncio.get_running_loop().create_future()
+        self._enqueue(Op(write, keep, done))
+        return done
+
+    def _enqueue(self, op: Op) -> None:
         if self._link.up:
             self._queue.append(op)
             self._wake.set()
         else:
             self._keep([op])
-        return op.done
 
     @property
     def pending(self) -> int:
@@ -58,7 +66,7 @@ class Outbox:
 
     async def drain(self, timeout: float) -> None:
         """Shutdown: waits (bounded) until what is queued is written."""
-        marker = self.put(lambda pipe: None, keep=False, wait=True)
+        marker = self.written(lambda pipe: None, keep=False)
         try:
             await asyncio.wait_for(asyncio.shield(marker), timeout)
         except asyncio.TimeoutError:

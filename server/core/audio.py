@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from ..streams.protocol import BAD_AUDIO, SAMPLE_RATE, ProtocolError, Start
+from .errors import BAD_AUDIO, ProtocolError
+from .requests import SAMPLE_RATE, Start
 
 
 class AudioDecoder:

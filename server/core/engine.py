@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import EngineConfig
-from ..streams.protocol import SAMPLE_RATE
+from .requests import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,8 @@ class Engine:
                 future.cancel()  # the engine closed while it ran: its caller must not wait forever
 
     def _unstall(self, work: asyncio.Future) -> None:
-        log.warning("the stalled batch returned after %.0f s: the engine serves again",
-                    time.monotonic() - self.stalled_since + self._timeout)
+        stalled_for = time.monotonic() - self.stalled_since if self.stalled_since is not None else 0.0
+        log.warning("the stalled batch returned after %.0f s: the engine serves again", stalled_for + self._timeout)
         self.stalled_since = None
         self._wake.set()
 

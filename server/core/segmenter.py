@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import SegmenterConfig
-from ..streams.protocol import SAMPLE_RATE
+from .requests import SAMPLE_RATE
 
 CUT_FRAME = SAMPLE_RATE // 100  # 10 ms: resolution of the quietest-point search
 

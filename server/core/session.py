@@ -2,36 +2,38 @@
 
 It decodes and resamples audio, feeds the segmenter, submits windows to the shared engine and hands captions to
 its sink in protocol order: finals strictly by segment number, a partial only while its segment is still open and
-only if it is newer than the last one sent. The protocol adapters (listen.py for our v1) parse messages and call
-start / audio / finalize / stop / detach; nothing here knows about sockets.
+only if it is newer than the last one sent. The protocol adapters (server/streams/) parse messages and call
+start / audio / finalize / stop / detach, and encode the session's typed events (events.py) into their own frames;
+nothing here knows about sockets or wire formats.
 
 When the client goes away without `stop`, `detach` still turns every open window into a final, which reaches the
 transcript and the room (the sink keeps those without the socket). The session's `state()` is then what a
-reconnecting client needs to resume it (resume.py).
+reconnecting client needs to resume it (state.py).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
-from ..streams import protocol as P
-from .audio import AudioDecoder
 from ..config import SegmenterConfig
+from .audio import AudioDecoder
 from .engine import BackendError, Engine
-from ..delivery.rooms import Rooms
+from .errors import BACKEND_ERROR
+from .events import End, Error, Event, Final, Partial, Ready
+from .requests import SAMPLE_RATE, Start
 from .segmenter import Segmenter, Window
-from ..delivery.sink import OutputSink
+from .state import RECENT_FINALS, ResumeState
+from .vad import VadFactory
 
 log = logging.getLogger(__name__)
 
-RECENT_FINALS = 100  # finals a resumed client can be sent again (it resends at most its last 30 s of audio)
-
 
 def seconds(sample: int) -> float:
-    return sample / P.SAMPLE_RATE
+    return sample / SAMPLE_RATE
 
 
 def stable_prefix(previous: list[str], current: list[str]) -> int:
@@ -45,50 +47,47 @@ def stable_prefix(previous: list[str], current: list[str]) -> int:
     return n
 
 
-@dataclass
-class ResumeState:
-    """What a dropped session needs to go on: plain data, small and serialisable (to_dict), so that it could as
-    well live in a shared store."""
+class Sink(Protocol):
+    """Where a session's events go (delivery/sink.py): the transcript, the room, and the client while it is there.
+    Declared here so that the core depends on no delivery code."""
 
-    session: str
-    token: str
-    room: str | None = None
-    speaker: str | None = None
-    context: str | None = None
-    next_segment: int = 0
-    covered: int = 0  # stream sample (16 kHz) up to which finals cover the audio
-    cut_open: bool = False  # the drop cut a window mid-speech: the resumed stream begins inside a window
-    finals: list[dict] = field(default_factory=list)  # the most recent finals sent, oldest first
+    speaker: str | None  # the label the room's viewers see, once in a room
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def room(self) -> str | None: ...  # the room's name, once in a room
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "ResumeState":
-        return cls(**data)
+    @property
+    def attached(self) -> bool: ...  # the client's connection is still there
+
+    def join(self, room: str, speaker: str) -> None: ...
+    def leave(self) -> None: ...
+    def detach(self) -> None: ...
+    async def started(self, state: ResumeState) -> None: ...
+    async def final(self, final: Final, state: ResumeState) -> None: ...
+    async def partial(self, partial: Partial) -> None: ...
+    async def to_client(self, event: Event) -> None: ...
 
 
 class Session:
-    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, vad_factory, sink: OutputSink,
-                 rooms: Rooms | None = None, resumed: ResumeState | None = None):
+    def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, vad_factory: VadFactory,
+                 sink: Sink, resumed: ResumeState | None = None):
         self.id = session_id
         self.token = resumed.token if resumed else secrets.token_urlsafe(24)
         self._engine = engine
         self._seg_cfg = seg_cfg
         self._vad_factory = vad_factory
         self.sink = sink
-        self._rooms = rooms
         self._resumed = resumed
         self._context: str | None = None
         self._decoder: AudioDecoder | None = None
         self._segmenter: Segmenter | None = None
         self._skip = 0  # resent samples that finals already cover, still to drop
-        self._finals: asyncio.Queue = asyncio.Queue()  # (window, future) in segment order, None = no more
+        self._finals: asyncio.Queue[tuple[Window, asyncio.Future] | None] = asyncio.Queue()  # in segment order
         self._final_sender: asyncio.Task | None = None
         self._partial_tasks: set[asyncio.Task] = set()
         self._open_segment = resumed.next_segment if resumed else 0  # below this: final submitted
         self._last_partial: dict[int, tuple[int, str]] = {}  # segment -> (end sample, text) last sent
-        self._recent: deque[dict] = deque(resumed.finals if resumed else (), maxlen=RECENT_FINALS)
+        self._recent: deque[Final] = deque(resumed.finals if resumed else (), maxlen=RECENT_FINALS)
         self._covered = resumed.covered if resumed else 0
         self._cut_open = False
         self._cleared_to = 0  # stream sample up to which audio was dropped by `clear`: older partials are stale
@@ -103,16 +102,22 @@ class Session:
     def started(self) -> bool:
         return self._segmenter is not None
 
+    def _input(self) -> tuple[AudioDecoder, Segmenter]:
+        """The decoder and segmenter, which start() makes."""
+        if self._decoder is None or self._segmenter is None:
+            raise RuntimeError(f"session {self.id}: audio before start()")
+        return self._decoder, self._segmenter
+
     @property
     def bytes_per_second(self) -> int | None:
         """Of the client's audio, once started: what rate limits are measured in."""
         return self._decoder.start.sample_rate * self._decoder.start.bytes_per_sample if self._decoder else None
 
-    async def start(self, start: P.Start, room: str | None = None) -> None:
+    async def start(self, start: Start, room: str | None = None) -> None:
         """Begins (or resumes) the stream and answers `ready`; a resumed one then gets the finals it missed.
         `room`: the room the adapter resolved (a resumed session keeps its own when none is given)."""
         r = self._resumed
-        room = room or (r and r.room)
+        room = room or (r.room if r else None)
         self._context = start.context or (r.context if r else None)
         self._decoder = AudioDecoder(start)
         position, segment, in_window = 0, 0, False
@@ -124,31 +129,30 @@ class Session:
         self._segmenter = Segmenter(self._seg_cfg, self._vad_factory(), position, segment, in_window)
         self._cut_open = in_window  # until a flush says otherwise: what a resume would begin inside
         self._final_sender = asyncio.create_task(self._send_finals(), name=f"finals-{self.id}")
-        extra = {"resume_token": self.token}
-        if room is not None and self._rooms is not None:
-            self.sink.join(self._rooms.get(room), start.speaker or (r and r.speaker) or self.id)
-            extra.update(room=room, speaker=self.sink.speaker)
-        if r is not None:
-            extra.update(resumed=True, position=seconds(position))
+        if room is not None:
+            self.sink.join(room, start.speaker or (r.speaker if r else None) or self.id)
         backend = self._engine.backend
         await self.sink.started(self.state())  # resumable (on any replica) before the client knows it is
-        await self.sink.to_client(P.ready(self.id, backend.name, backend.model, backend.reason, **extra))
+        await self.sink.to_client(Ready(self.id, backend.name, backend.model, backend.reason, self.token,
+                                        room=self.sink.room, speaker=self.sink.speaker, resumed=r is not None,
+                                        position=seconds(position) if r is not None else None))
         if r is not None:
             for final in self._recent:
-                if final["end"] > seconds(start.offset or 0):
-                    await self.sink.to_client({**final, "resent": True})
+                if final.end > seconds(start.offset or 0):
+                    await self.sink.to_client(dataclasses.replace(final, resent=True))
 
     def audio(self, data: bytes) -> None:
         """One binary frame (raises ProtocolError for a bad one)."""
-        samples = self._decoder.decode(data)
+        decoder, segmenter = self._input()
+        samples = decoder.decode(data)
         if self._skip:
             dropped = min(self._skip, len(samples))
             samples, self._skip = samples[dropped:], self._skip - dropped
-        self._dispatch(self._segmenter.push(samples))
+        self._dispatch(segmenter.push(samples))
 
     def finalize(self) -> bool:
         """Closes the open window now; False when there was none (nothing heard since the last final)."""
-        windows = self._segmenter.finalize()
+        windows = self._input()[1].finalize()
         self._dispatch(windows)
         return bool(windows)
 
@@ -156,8 +160,9 @@ class Session:
         """Drops the audio not yet in a final (OpenAI Realtime's input_audio_buffer.clear): the open window gets no
         final, and its partials still being transcribed are not sent. Returns the segment number the next window
         takes: the dropped window's own, so that numbering stays gapless."""
-        self._segmenter.clear()
-        self._cleared_to = self._segmenter.position
+        segmenter = self._input()[1]
+        segmenter.clear()
+        self._cleared_to = segmenter.position
         self._last_partial.pop(self._open_segment, None)
         return self._open_segment
 
@@ -167,7 +172,7 @@ class Session:
         if self.ended:
             return
         await self._flush()
-        await self.sink.to_client(P.end(**({"reason": reason} if reason else {})))
+        await self.sink.to_client(End(reason))
 
     async def suspend(self) -> None:
         """Flushes like `stop`, finals still sent, but without `end`: the replica is draining and the client
@@ -188,12 +193,8 @@ class Session:
         self.sink.leave()
 
     def state(self) -> ResumeState:
-        return ResumeState(self.id, self.token, *self._room_and_speaker(), self._context, self._open_segment,
-                           self._covered, self._cut_open, list(self._recent))
-
-    def _room_and_speaker(self) -> tuple[str | None, str | None]:
-        room = self.sink.room
-        return (room.name, self.sink.speaker) if room else (None, None)
+        return ResumeState(self.id, self.token, self.sink.room, self.sink.speaker, self._context,
+                           self._open_segment, self._covered, self._cut_open, list(self._recent))
 
     async def _flush(self) -> None:
         """Every open window becomes a final; returns once all finals are through. A second call (a drop during
@@ -201,9 +202,10 @@ class Session:
         if not self.ended:
             self.ended = True
             if self.started:
-                self._cut_open = self._segmenter.in_window
-                tail = self._decoder.flush()
-                self._dispatch(self._segmenter.push(tail[min(self._skip, len(tail)):]) + self._segmenter.finalize())
+                decoder, segmenter = self._input()
+                self._cut_open = segmenter.in_window
+                tail = decoder.flush()
+                self._dispatch(segmenter.push(tail[min(self._skip, len(tail)):]) + segmenter.finalize())
                 self._finals.put_nowait(None)
         if self._final_sender is not None:
             await self._final_sender
@@ -235,8 +237,8 @@ class Session:
         if text is None or w.segment < self._open_segment or last_end >= w.end or w.end <= self._cleared_to:
             return  # superseded, its final is already on its way, or its audio was cleared
         self._last_partial[w.segment] = (w.end, text)
-        await self.sink.partial(P.caption("partial", w.segment, seconds(w.start), seconds(w.end), text,
-                                          stable=stable_prefix(last_text.split(), text.split())))
+        await self.sink.partial(Partial(w.segment, seconds(w.start), seconds(w.end), text,
+                                        stable=stable_prefix(last_text.split(), text.split())))
 
     async def _send_finals(self) -> None:
         while (item := await self._finals.get()) is not None:
@@ -245,14 +247,14 @@ class Session:
             try:
                 text = await future
             except BackendError as exc:
-                await self.sink.to_client(P.error_message(P.BACKEND_ERROR, f"segment {w.segment} could not be "
-                                                                   f"transcribed: {exc}", segment=w.segment))
+                await self.sink.to_client(Error(BACKEND_ERROR, f"segment {w.segment} could not be transcribed: "
+                                                               f"{exc}", segment=w.segment))
                 text = ""
-            final = P.caption("final", w.segment, seconds(w.start), seconds(w.end), text)
+            final = Final(w.segment, seconds(w.start), seconds(w.end), text)
             self._recent.append(final)
             self._covered = w.end
             # What a replica resuming this session needs once the client has this final (finals excluded: they
             # are in the shared transcript): numbering and coverage go on from it.
-            live = ResumeState(self.id, self.token, *self._room_and_speaker(), self._context, w.segment + 1, w.end,
-                               w.continued)
+            live = ResumeState(self.id, self.token, self.sink.room, self.sink.speaker, self._context,
+                               w.segment + 1, w.end, w.continued)
             await self.sink.final(final, live)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import SegmenterConfig
-from ..streams.protocol import SAMPLE_RATE
+from .requests import SAMPLE_RATE
 
 
 class WebRtcVad:

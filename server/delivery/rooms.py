@@ -15,76 +15,81 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Awaitable, Callable
 
-from ..streams import protocol as P
+from ..core.events import Caption, Final, Partial
 
 MAX_QUEUED = 1000  # messages waiting for one viewer before it is dropped as too slow
 MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that viewer are skipped
 SEEN = 5000  # finals remembered per room to let each through once
 
 
+# One caption to a viewer's connection, encoded by the viewer endpoint; `backlog`: said before the viewer joined.
+ViewerSend = Callable[[Caption, bool], Awaitable[None]]
+
+
 class Viewer:
-    def __init__(self, send: Callable[[str], Awaitable[None]]):
+    def __init__(self, send: ViewerSend):
         self._send = send
-        self._backlog: deque[dict] = deque()  # sent first; not counted against the live queue's limits
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._backlog: deque[Final] = deque()  # sent first; not counted against the live queue's limits
+        self._queue: asyncio.Queue[Caption] = asyncio.Queue()
         self.too_slow = asyncio.Event()
 
-    def offer(self, msg: dict) -> None:
+    def offer(self, caption: Caption) -> None:
         if self.too_slow.is_set():
             return
         waiting = self._queue.qsize()
         if waiting >= MAX_QUEUED:
             self.too_slow.set()
-        elif msg["type"] != "partial" or waiting < MAX_QUEUED_PARTIALS:
-            self._queue.put_nowait(msg)
+        elif not isinstance(caption, Partial) or waiting < MAX_QUEUED_PARTIALS:
+            self._queue.put_nowait(caption)
 
     async def run(self) -> None:
         while self._backlog:
-            await self._send(P.dump(self._backlog.popleft()))
+            await self._send(self._backlog.popleft(), True)
         while True:
-            await self._send(P.dump(await self._queue.get()))
+            await self._send(await self._queue.get(), False)
 
 
 class Room:
     def __init__(self, name: str, backlog: int):
         self.name = name
-        self.backlog: deque[dict] = deque(maxlen=backlog)
+        self.backlog: deque[Final] = deque(maxlen=backlog)
         self.viewers: set[Viewer] = set()
         self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
-        self._seen: OrderedDict[tuple, None] = OrderedDict()  # (session, segment) of finals let through
+        self._seen: OrderedDict[tuple[str | None, int], None] = OrderedDict()  # (session, segment) of finals let through
 
     def join(self, viewer: Viewer) -> None:
         """The backlog first, then every caption published after: in one step (no await), so a caption published
         while a viewer joins is in exactly one of the two."""
-        viewer._backlog.extend({**msg, "backlog": True} for msg in self.backlog)
+        viewer._backlog.extend(self.backlog)
         self.viewers.add(viewer)
 
-    def publish(self, msg: dict) -> None:
-        key = (msg.get("session"), msg["segment"])
+    def publish(self, caption: Caption) -> None:
+        """A caption labelled with its speaker and session (a room's captions come from several sessions)."""
+        key = (caption.session, caption.segment)
         if key in self._seen:
             return  # a final let through already, or a partial of a segment whose final is out
-        if msg["type"] == "final":
+        if isinstance(caption, Final):
             self._remember(key)
-            self.backlog.append(msg)
+            self.backlog.append(caption)
         for viewer in self.viewers:
-            viewer.offer(msg)
+            viewer.offer(caption)
 
-    def merge(self, finals: list[dict]) -> None:
+    def merge(self, finals: list[Final]) -> None:
         """Finals read from the room's shared stream, oldest first. Before any viewer has joined they become the
         backlog's older part; after, the ones this room has not let through yet (missed while Redis was away)
         are published now."""
-        fresh = [f for f in finals if (f.get("session"), f["segment"]) not in self._seen]
+        fresh = [f for f in finals if (f.session, f.segment) not in self._seen]
         if self.viewers:
             for final in fresh:
                 self.publish(final)
             return
         for final in fresh:
-            self._remember((final.get("session"), final["segment"]))
+            self._remember((final.session, final.segment))
         combined = fresh + list(self.backlog)
         self.backlog.clear()
         self.backlog.extend(combined)  # the deque keeps the newest `backlog` of them
 
-    def _remember(self, key: tuple) -> None:
+    def _remember(self, key: tuple[str | None, int]) -> None:
         self._seen[key] = None
         if len(self._seen) > SEEN:
             self._seen.popitem(last=False)

@@ -1,102 +1,115 @@
-"""Where one session's captions go: the transcript on disk, the room's viewers, and the client's socket.
+"""Where one session's captions go: the transcript on disk, the room's viewers, and the client's connection.
 
-The first two never depend on the third: when the client's socket is gone (detached), finals are still persisted
-and published, so a dropped speaker's last words reach the transcript and the room. A final is on disk before it
-is published or sent, so nothing anyone saw can be missing from the transcript.
+The first two never depend on the third: when the client's connection is gone (detached), finals are still
+persisted and published, so a dropped speaker's last words reach the transcript and the room. A final is on disk
+before it is published or sent, so nothing anyone saw can be missing from the transcript.
 
-With replicas (`cluster`), a final is also in Redis before it is sent: its transcript entries, the room message
-for other replicas' viewers and the session's resume state go out together (bounded by redis.timeout_s, not at
-all while Redis is away), so any replica can resume the session from what its client has seen.
+With replicas (`replicas`: the Cluster), a final is also in Redis before it is sent: its transcript entries, the
+room message for other replicas' viewers and the session's resume state go out together (bounded by
+redis.timeout_s, not at all while Redis is away), so any replica can resume the session from what its client has
+seen.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
-
-from ..streams.connection import ConnectionClosed
-from .rooms import Room
-from .transcripts import TranscriptStore, record
-
-if TYPE_CHECKING:
-    from ..cluster import Cluster
-    from ..core.session import ResumeState
+from ..core.events import Caption, Event, Final, Partial
+from ..core.state import ResumeState
+from .records import transcript_line
+from .rooms import Room, Rooms
+from .transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[dict], Awaitable[None]]  # one message to the client: its adapter encodes it
+# One event to the client, encoded by its adapter; False once the client's connection is gone.
+Send = Callable[[Event], Awaitable[bool]]
+
+
+class Replicas(Protocol):
+    """What the sink shares with other replicas (server/cluster/): declared here, so that delivery depends on no
+    Redis code."""
+
+    def speaker_joined(self, room: str, session: str, label: str) -> None: ...
+    def speaker_left(self, room: str, session: str) -> None: ...
+    async def session_live(self, state: ResumeState) -> None: ...
+    async def final(self, session: str, room: str | None, line: dict, published: Caption | None,
+                    state: ResumeState) -> None: ...
+    def partial(self, room: str, caption: Partial) -> None: ...
 
 
 class OutputSink:
-    def __init__(self, session_id: str, store: TranscriptStore | None, send: Send, cluster: "Cluster | None" = None):
+    def __init__(self, session_id: str, store: TranscriptStore | None, send: Send, rooms: Rooms | None = None,
+                 replicas: Replicas | None = None):
         self.session_id = session_id
         self._store = store
-        self._cluster = cluster
+        self._rooms = rooms
+        self._replicas = replicas
         self._send: Send | None = send
-        self.room: Room | None = None
-        self.speaker = session_id  # the label a room's viewers see
+        self._room: Room | None = None
+        self.speaker: str | None = None  # the label a room's viewers see
 
-    def join(self, room: Room, speaker: str) -> None:
-        self.room, self.speaker = room, speaker
-        room.speakers[self.session_id] = speaker
-        if self._cluster is not None:
-            self._cluster.speaker_joined(room.name, self.session_id, speaker)
+    @property
+    def room(self) -> str | None:
+        return self._room.name if self._room else None
+
+    def join(self, room: str, speaker: str) -> None:
+        if self._rooms is None:
+            return
+        self._room, self.speaker = self._rooms.get(room), speaker
+        self._room.speakers[self.session_id] = speaker
+        if self._replicas is not None:
+            self._replicas.speaker_joined(room, self.session_id, speaker)
 
     def leave(self) -> None:
-        if self.room is not None:
-            self.room.speakers.pop(self.session_id, None)
-            if self._cluster is not None:
-                self._cluster.speaker_left(self.room.name, self.session_id)
+        if self._room is not None:
+            self._room.speakers.pop(self.session_id, None)
+            if self._replicas is not None:
+                self._replicas.speaker_left(self._room.name, self.session_id)
 
     @property
     def attached(self) -> bool:
         return self._send is not None
 
-    def attach(self, send: Send) -> None:
-        """A resumed session's new connection."""
-        self._send = send
-
     def detach(self) -> None:
-        """The client's socket is gone: from now on only the transcript and the room get captions."""
+        """The client's connection is gone: from now on only the transcript and the room get captions."""
         self._send = None
 
-    async def started(self, state: "ResumeState") -> None:
+    async def started(self, state: ResumeState) -> None:
         """The session starts (or resumes): with replicas, its resume state is shared before `ready` is sent."""
-        if self._cluster is not None:
-            await self._cluster.session_live(state)
+        if self._replicas is not None:
+            await self._replicas.session_live(state)
 
-    async def final(self, msg: dict, state: "ResumeState | None" = None) -> None:
+    async def final(self, final: Final, state: ResumeState) -> None:
         """Persist, publish, then send (the order matters: see the module doc). `state`: the session's resume
         state once this final is out, shared with the other replicas."""
-        labelled = {**msg, "speaker": self.speaker} if self.room else msg
-        room = self.room and self.room.name
+        labelled = dataclasses.replace(final, speaker=self.speaker, session=self.session_id)
+        line = transcript_line(labelled)
         if self._store is not None:
-            await self._store.save(self.session_id, room, labelled)
-        published = self._publish(msg)
-        if self._cluster is not None and state is not None:
-            await self._cluster.final(self.session_id, room, record(self.session_id, labelled), published, state)
-        await self.to_client(msg)
+            await self._store.save(self.session_id, self.room, line)
+        published = self._publish(final)
+        if self._replicas is not None:
+            await self._replicas.final(self.session_id, self.room, line, published, state)
+        await self.to_client(final)
 
-    async def partial(self, msg: dict) -> None:
-        published = self._publish(msg)
-        if self._cluster is not None and published is not None:
-            self._cluster.partial(self.room.name, published)
-        await self.to_client(msg)
+    async def partial(self, partial: Partial) -> None:
+        published = self._publish(partial)
+        if self._replicas is not None and self._room is not None and isinstance(published, Partial):
+            self._replicas.partial(self._room.name, published)
+        await self.to_client(partial)
 
-    async def to_client(self, msg: dict) -> None:
+    async def to_client(self, event: Event) -> None:
         """Only to the client (ready, errors, end), if it is still there. A connection found closed here is
         detached: the adapter sees the drop on its side and flushes the session; the captions go on to the
         transcript and the room."""
-        if self._send is not None:
-            try:
-                await self._send(msg)
-            except ConnectionClosed:
-                self.detach()
+        if self._send is not None and not await self._send(event):
+            self.detach()
 
-    def _publish(self, msg: dict) -> dict | None:
-        """To this replica's viewers of the room; returns the room message (None: not in a room)."""
-        if self.room is None:
+    def _publish(self, caption: Caption) -> Caption | None:
+        """To this replica's viewers of the room; returns the room's caption (None: not in a room)."""
+        if self._room is None:
             return None
-        published = {**msg, "speaker": self.speaker, "session": self.session_id}
-        self.room.publish(published)
+        published = dataclasses.replace(caption, speaker=self.speaker, session=self.session_id)
+        self._room.publish(published)
         return published

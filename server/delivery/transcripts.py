@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,9 +25,10 @@ class TranscriptStore:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transcripts")  # one: appends in order
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transcript-render")
 
-    async def save(self, session_id: str, room: str | None, final: dict) -> None:
-        """Appends one final (durably) off the event loop; returns once it is on disk."""
-        await asyncio.get_running_loop().run_in_executor(self._writer, self.append, session_id, room, final)
+    async def save(self, session_id: str, room: str | None, line: dict) -> None:
+        """Appends one final's transcript line (records.transcript_line), durably and off the event loop; returns
+        once it is on disk."""
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.append, session_id, room, line)
 
     async def finals_async(self, kind: str, name: str) -> list[dict] | None:
         return await asyncio.get_running_loop().run_in_executor(self._readers, self.finals, kind, name)
@@ -42,9 +42,9 @@ class TranscriptStore:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=False, cancel_futures=True)
 
-    def append(self, session_id: str, room: str | None, final: dict) -> None:
-        """One final, written and fsynced (blocking: called through save())."""
-        line = json.dumps(record(session_id, final), ensure_ascii=False) + "\n"
+    def append(self, session_id: str, room: str | None, record: dict) -> None:
+        """One final's line, written and fsynced (blocking: called through save())."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         paths = [self.root / "sessions" / f"{session_id}.jsonl"]
         if room is not None:
             paths.append(self.root / "rooms" / f"{room}.jsonl")
@@ -78,7 +78,3 @@ class TranscriptStore:
         ctype = {"txt": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}[fmt]
         return WRITERS["." + fmt](finals), ctype + "; charset=utf-8"
 
-
-def record(session_id: str, final: dict) -> dict:
-    """A final as transcripts keep it (the local JSONL and, with replicas, Redis): with its session and the time."""
-    return {**final, "session": session_id, "time": time.time()}

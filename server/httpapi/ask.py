@@ -11,32 +11,30 @@ Viewer tokens apply (as for transcripts). An answer streams as Server-Sent Event
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 
 from aiohttp import web
 
 from . import responses as http
-from ..streams import protocol as P
+from ..core.requests import ROOM_NAME, SESSION_ID
 from ..intelligence.service import Busy, Unavailable
+from .served import Served, served
 
 
-def _server(request: web.Request):
-    from .routes import SERVER  # routes.py imports this module
-
-    return request.app[SERVER]
 
 
 async def ask_room(request: web.Request) -> web.StreamResponse:
-    return await _ask(request, "rooms", request.match_info["room"], P.ROOM_NAME)
+    return await _ask(request, "rooms", request.match_info["room"], ROOM_NAME)
 
 
 async def ask_transcript(request: web.Request) -> web.StreamResponse:
-    return await _ask(request, "sessions", request.match_info["session"], P.SESSION_ID)
+    return await _ask(request, "sessions", request.match_info["session"], SESSION_ID)
 
 
 async def room_summary(request: web.Request) -> web.Response:
-    server = _server(request)
-    lines, refused = await _transcript(server, request, "rooms", request.match_info["room"], P.ROOM_NAME)
+    server = served(request)
+    lines, refused = await _transcript(server, request, "rooms", request.match_info["room"], ROOM_NAME)
     if refused is not None:
         return refused
     try:
@@ -50,11 +48,9 @@ async def room_summary(request: web.Request) -> web.Response:
                                "updated_at": summary.updated_at, "model": server.intelligence.name})
 
 
-async def _transcript(server, request, kind: str, name: str, pattern):
+async def _transcript(server: Served, request: web.Request, kind: str, name: str, pattern: re.Pattern):
     """(the transcript's finals, None) or (None, the refusal: 401/403, 400 bad name, 404 nothing said yet)."""
-    from .routes import viewer_refusal
-
-    if (refusal := viewer_refusal(server.cfg, request)) is not None:
+    if (refusal := http.viewer_refusal(server.cfg, request)) is not None:
         return None, refusal
     if not pattern.fullmatch(name):
         return None, http.error(HTTPStatus.BAD_REQUEST, f"not a valid {kind[:-1]} name: {name[:80]!r}")
@@ -83,8 +79,8 @@ async def _question(request: web.Request, limit: int) -> tuple[str, bool]:
     return question, stream
 
 
-async def _ask(request: web.Request, kind: str, name: str, pattern) -> web.StreamResponse:
-    server = _server(request)
+async def _ask(request: web.Request, kind: str, name: str, pattern: re.Pattern) -> web.StreamResponse:
+    server = served(request)
     lines, refused = await _transcript(server, request, kind, name, pattern)
     if refused is not None:
         return refused

@@ -11,30 +11,33 @@ from __future__ import annotations
 
 import dataclasses
 
+from .served import Served
 
-def health(app) -> tuple[dict, int]:
+
+def health(server: Served) -> tuple[dict, int]:
     """(the report, HTTP status) for a CaptionServer."""
-    engine, backend = app.engine, app.engine.backend
+    ctx = server.streams
+    engine, backend, cluster, live = ctx.engine, ctx.engine.backend, ctx.cluster, ctx.live
     status, reason = "ok", ""
-    if app.closing:
+    if live.closing:
         status, reason = "shutting_down", "the server is shutting down"
     elif engine.stalled:
         status, reason = "stalled", engine.stalled
-    elif engine.queued_finals >= app.cfg.limits.max_queued_finals:
+    elif engine.queued_finals >= server.cfg.limits.max_queued_finals:
         status, reason = "overloaded", f"{engine.queued_finals} finals waiting for the engine"
-    elif app.cluster is not None and not app.cluster.up:
-        status, reason = "degraded", f"Redis is away ({app.cluster.link.error}): not shared now"
+    elif cluster is not None and not cluster.up:
+        status, reason = "degraded", f"Redis is away ({cluster.link.error}): not shared now"
     ready = status in ("ok", "degraded")
     report = {"status": status, "ready": ready, **({"reason": reason} if reason else {}), "backend": backend.name,
-              "model": backend.model, "sessions": len(app.sessions), "resumable": len(app.resumable),
-              "viewers": len(app.viewers), "rooms": len(app.rooms), "queue_depth": engine.queue_depth,
-              "queued_finals": engine.queued_finals, "rss_mb": rss_mb(), "loop_lag": app.loop_lag.snapshot(),
+              "model": backend.model, "sessions": len(live.streams), "resumable": len(ctx.resumable),
+              "viewers": len(live.viewers), "rooms": len(ctx.rooms), "queue_depth": engine.queue_depth,
+              "queued_finals": engine.queued_finals, "rss_mb": rss_mb(), "loop_lag": server.loop_lag.snapshot(),
               "engine": dataclasses.asdict(engine.stats)}
     if (stats := backend.decode_stats()) is not None:
         report["decode"] = stats
-    report["intelligence"] = app.intelligence.describe()
-    if app.cluster is not None:
-        report["redis"] = app.cluster.health()
+    report["intelligence"] = server.intelligence.describe()
+    if cluster is not None:
+        report["redis"] = cluster.health()
     return report, 200 if ready else 503
 
 

@@ -6,16 +6,12 @@ latency and batch-size histograms are observed as batches complete (Engine.on_ba
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .health import health
-
-if TYPE_CHECKING:
-    from ..app import CaptionServer
+from .served import Served
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds from a window's submission to its text: captions are judged at 0.5 s (partials) and 1 s (finals).
@@ -24,7 +20,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class _ServerState(Collector):
-    def __init__(self, server: CaptionServer):
+    def __init__(self, server: Served):
         self.server = server
 
     def collect(self):
@@ -66,7 +62,7 @@ class _ServerState(Collector):
 
 
 class Metrics:
-    def __init__(self, server: CaptionServer):
+    def __init__(self, server: Served):
         # A registry of our own: several servers in one process (the tests) do not share counters.
         self.registry = CollectorRegistry()
         self.registry.register(_ServerState(server))

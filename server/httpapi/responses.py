@@ -1,14 +1,17 @@
-"""Plain HTTP answers (aiohttp responses) with the headers every answer carries, the web/ folder, and who the
-client is behind a proxy. Which path gets which answer is routes.py's business."""
+"""Plain HTTP answers (aiohttp responses) with the headers every answer carries, the web/ folder, and the viewer
+token check that transcripts and the ask API share. Which path gets which answer is routes.py's business."""
 from __future__ import annotations
 
 import json
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from aiohttp import web
+
+from ..config import Config
+from ..streams import auth
 
 CSP = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
 
@@ -54,14 +57,12 @@ def split_path(request: web.BaseRequest) -> tuple[str, str]:
     return path, query
 
 
-def client_ip(peer: str, headers, trusted_proxies: list[str]) -> str:
-    """Who the client is: the peer, or, when the peer is a trusted proxy, the nearest address in its
-    X-Forwarded-For that is not a trusted proxy itself (the rightmost one: a client can write anything to the
-    left of it)."""
-    if peer not in trusted_proxies:
-        return peer
-    hops = [h.strip() for h in ",".join(headers.getall("X-Forwarded-For", ())).split(",") if h.strip()]
-    for hop in reversed(hops):
-        if hop not in trusted_proxies:
-            return hop
-    return peer
+
+def viewer_refusal(cfg: Config, request: web.Request) -> web.Response | None:
+    """Transcripts and the ask API are for viewers: None if this request's token may read, else its 401/403."""
+    query = {k: v[0] for k, v in parse_qs(request.query_string).items()}
+    verdict = auth.check(cfg.auth, auth.WATCH, auth.token_from(request.headers, query))
+    if verdict == auth.OK:
+        return None
+    status = HTTPStatus.UNAUTHORIZED if verdict == auth.UNAUTHORIZED else HTTPStatus.FORBIDDEN
+    return json_response({"error": status.phrase}, status)

@@ -115,7 +115,10 @@ class Embedder:
         self.model = path  # what loads it again
         self._st = SentenceTransformer(path, device=device, local_files_only=True)
         get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
+        dim = get_dim()
+        if dim is None:
+            raise RuntimeError(f"{self.name}: the model does not say its embedding size")
+        self.dim = int(dim)
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # the cache

@@ -13,7 +13,7 @@ import codecs
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,7 +138,7 @@ class RemoteLLM:
 
     # -- the API ---------------------------------------------------------------------------------------------
 
-    async def stream(self, messages: list[dict], max_tokens: int) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict], max_tokens: int) -> AsyncGenerator[str, None]:
         """The reply as text deltas, as the server streams them (stream=true SSE). Raises LLMError."""
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
@@ -283,7 +283,7 @@ class RemoteLLM:
         a complete JSON value (or [DONE]) starts a new event: a JSON value split over lines can't be complete
         before its last line."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        buf, data = "", []
+        buf, data = "", list[str]()
 
         def complete(lines: list[str]) -> bool:
             joined = "\n".join(lines)

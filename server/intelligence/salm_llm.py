@@ -12,6 +12,8 @@ token, 450 MiB for a 4,096-token prompt, so the number of jobs alive at once is 
 """
 from __future__ import annotations
 
+from ..backends import ChatModel
+
 __all__ = ["LlmJob", "IncrementalDetokenizer", "chat_text", "THINK_OFF"]
 
 THINK_OFF = "<think>\n\n</think>\n\n"  # what Qwen3's template puts in the assistant turn with enable_thinking=False
@@ -91,7 +93,7 @@ class LlmJob:
     call's text includes whatever was held back for an incomplete character.
     """
 
-    def __init__(self, backend, messages: list[dict], max_new_tokens: int):
+    def __init__(self, backend: ChatModel, messages: list[dict], max_new_tokens: int):
         if not backend.llm_mode_available:
             raise RuntimeError(f"{backend.model}: no LLM mode (the model has no LoRA adapter to switch off)")
         self._backend = backend
@@ -148,6 +150,7 @@ class LlmJob:
             for _ in range(n):
                 if self.done:
                     break
+                assert self._next is not None  # prefilled: the first token is chosen
                 text.append(self._take(self._backend.llm_logits([self._next], self._cache)))
         return self._out("".join(text))
 

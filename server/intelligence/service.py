@@ -21,7 +21,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..backends import ChatModel
 from ..config import IntelligenceConfig
+from ..core.engine import Engine
 from . import extractive, prompt
 from .remote import LLMError, RemoteLLM
 
@@ -67,18 +69,18 @@ def _cite(p: extractive.Passage, score: float | None = None) -> dict:
 class LocalLLM:
     """Canary-Qwen's Qwen3 with the adapter off, run slice by slice in the engine's lowest-priority lane."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine, chat: ChatModel):
         from .salm_llm import LlmJob  # imports torch: only servers with SALM get here
 
-        self._engine, self._job = engine, LlmJob
-        self.name = f"{engine.backend.model} (LLM mode: LoRA off)"
+        self._engine, self._chat, self._job = engine, chat, LlmJob
+        self.name = f"{chat.model} (LLM mode: LoRA off)"
 
     def count_tokens(self, text: str) -> int:
-        return len(self._engine.backend.tokenizer.encode(text, add_special_tokens=False))
+        return len(self._chat.tokenizer.encode(text, add_special_tokens=False))
 
     async def stream(self, messages: list[dict], max_tokens: int) -> AsyncIterator[str]:
         # Built in the lane too: it tokenizes the whole prompt (thousands of tokens), not work for the event loop.
-        job = await self._engine.run_low(self._job, self._engine.backend, messages, max_tokens)
+        job = await self._engine.run_low(self._job, self._chat, messages, max_tokens)
         try:
             text = await self._engine.run_low(job.prefill)
             while True:
@@ -95,17 +97,16 @@ class LocalLLM:
 
 
 class Intelligence:
-    def __init__(self, cfg: IntelligenceConfig, engine):
+    def __init__(self, cfg: IntelligenceConfig, engine: Engine):
         self.cfg, self.engine = cfg, engine
-        self.llm = None
+        self.llm: RemoteLLM | LocalLLM | None = None
         mode = cfg.mode
-        # Declared by every backend (backends.Backend); test doubles of a backend may leave it out.
-        has_llm = getattr(engine.backend, "llm_mode_available", False)
+        chat = engine.backend.chat  # declared by every backend (backends.Backend)
         if mode in ("auto", "generative") and cfg.llm_url:
             self.llm = RemoteLLM(cfg.llm_url, cfg.llm_model, os.environ.get(cfg.llm_api_key_env, ""),
                                  timeout_s=cfg.llm_timeout_s)
-        elif mode in ("auto", "generative") and has_llm:
-            self.llm = LocalLLM(engine)
+        elif mode in ("auto", "generative") and chat is not None:
+            self.llm = LocalLLM(engine, chat)
         elif mode == "generative":
             raise ValueError("intelligence.mode generative needs intelligence.llm_url or the SALM backend "
                              f"(this server runs {engine.backend.name}, which has no LLM)")
@@ -119,7 +120,7 @@ class Intelligence:
 
     @property
     def name(self) -> str:
-        if self.mode == "generative":
+        if self.llm is not None:  # generative
             return self.llm.name
         return self._embedder.name if self._embedder else "all-MiniLM-L6-v2 (not loaded yet)"
 
@@ -206,6 +207,7 @@ class Intelligence:
 
     async def _generate(self, messages: list[dict], on_token=None) -> str:
         pieces = []
+        assert self.llm is not None, "generative mode has a model"
         try:
             async for piece in self.llm.stream(messages, self.cfg.max_answer_tokens):
                 pieces.append(piece)
@@ -233,9 +235,8 @@ class Intelligence:
         """The rolling summary of transcript `key` (a room or a session): recomputed at most every
         summary_interval_s, and only when finals arrived since; concurrent readers share one refresh."""
         current = self._summaries.get(key)
-        fresh = current is not None and (current.finals == len(lines) or
-                                         time.monotonic() - current.refreshed < self.cfg.summary_interval_s)
-        if fresh:
+        if current is not None and (current.finals == len(lines) or
+                                    time.monotonic() - current.refreshed < self.cfg.summary_interval_s):
             return current
         task = self._refreshing.get(key)
         if task is None:

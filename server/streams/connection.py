@@ -10,8 +10,21 @@ frame, a reset, an abort, a frame over the size limit: aiohttp closes those with
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from http import HTTPStatus
 
 from aiohttp import WSMsgType, web
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An HTTP answer instead of the websocket upgrade, for clients that expect a refusal at the handshake
+    (Deepgram's and OpenAI's SDKs): built by their adapters, sent by httpapi/routes.py."""
+
+    status: HTTPStatus
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ConnectionClosed(Exception):
@@ -32,6 +45,15 @@ class Connection:
     @property
     def headers(self):
         return self.request.headers
+
+    @property
+    def path(self) -> str:
+        """The path as the client sent it (not percent-decoded)."""
+        return self.request.raw_path.partition("?")[0]
+
+    @property
+    def query_string(self) -> str:
+        return self.request.raw_path.partition("?")[2]
 
     @property
     def close_code(self) -> int | None:

@@ -17,16 +17,21 @@ import json
 import uuid
 from datetime import datetime, timezone
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qs
 
+from ..config import AuthConfig, SegmenterConfig
+from ..core.errors import BAD_JSON, BAD_MESSAGE, UNKNOWN_TYPE, ProtocolError
+from ..core.events import Caption, End, Error, Event, Final, Ready
+from ..core.requests import MAX_CONTEXT, SAMPLE_RATES, Start, check_room
+from ..core.session import Session
 from . import auth
-from ..httpapi import responses as http
 from . import protocol as P
-from ..config import SegmenterConfig
-from .v1 import Listener
+from .connection import Refusal
+from .policy import Adapter, Stream
 
 # Deepgram's live query parameters (those of its SDKs and docs). Protocol v1 uses only `room` and `token`, which
-# are not among them, so a v1 client is never read as Deepgram; any one of these names decides (adapters.py).
+# are not among them, so a v1 client is never read as Deepgram; any one of these names decides (intake.py).
 DEEPGRAM_PARAMS = frozenset({
     "callback", "callback_method", "channels", "detect_entities", "diarize", "diarize_model", "dictation",
     "encoding", "endpointing", "extra", "filler_words", "interim_results", "keyterm", "keywords", "language",
@@ -36,7 +41,7 @@ DEEPGRAM_PARAMS = frozenset({
 })
 
 CHANNEL = [0, 1]  # [channel index, channel count]: every stream here is mono
-SCHEMA_ERRORS = (P.BAD_JSON, P.BAD_MESSAGE, P.UNKNOWN_TYPE)  # a client text message not understood: "SchemaError"
+SCHEMA_ERRORS = (BAD_JSON, BAD_MESSAGE, UNKNOWN_TYPE)  # a client text message not understood: "SchemaError"
 
 
 def asked_for(query: dict) -> bool:
@@ -51,16 +56,16 @@ class BadRequest(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    start: P.Start
+    start: Start
     interim_results: bool = False
     vad_events: bool = False
     utterance_end_ms: int | None = None
     endpointing_ms: int | None = None  # None: the server's own hangover
 
 
-def query_of(request) -> dict[str, list[str]]:
+def query_of(query_string: str) -> dict[str, list[str]]:
     """Every value of every parameter (keyterm and keywords repeat)."""
-    return parse_qs(http.split_path(request)[1], keep_blank_values=True)
+    return parse_qs(query_string, keep_blank_values=True)
 
 
 def parse_options(query: dict[str, list[str]]) -> Options:
@@ -79,12 +84,12 @@ def parse_options(query: dict[str, list[str]]) -> Options:
     if rate is None:
         raise BadRequest("sample_rate is required with encoding=linear16")
     rate_value = _integer("sample_rate", rate)
-    if rate_value not in P.SAMPLE_RATES:
+    if rate_value not in SAMPLE_RATES:
         raise BadRequest(f"sample_rate {rate_value} is not supported by this server: one of "
-                         f"{', '.join(map(str, P.SAMPLE_RATES))}")
+                         f"{', '.join(map(str, SAMPLE_RATES))}")
     if _integer("channels", last("channels")) not in (None, 1):
         raise BadRequest("only mono audio (channels=1) is supported by this server")
-    start = P.Start(sample_rate=rate_value, encoding="pcm_s16le", channels=1, room=_room(last("room")),
+    start = Start(sample_rate=rate_value, encoding="pcm_s16le", channels=1, room=_room(last("room")),
                     speaker=_speaker(last("speaker")), context=context_of(query))
     endpointing = last("endpointing")
     return Options(
@@ -114,8 +119,8 @@ def _integer(name: str, value: str | None, minimum: int = 0) -> int | None:
 
 def _room(room: str | None) -> str | None:
     try:
-        return None if room is None else P.check_room(room)
-    except P.ProtocolError as exc:
+        return None if room is None else check_room(room)
+    except ProtocolError as exc:
         raise BadRequest(f"room: {exc.message}") from None
 
 
@@ -132,7 +137,7 @@ def context_of(query: dict[str, list[str]]) -> str | None:
     context = ""
     for term in filter(None, (t.strip() for t in terms)):
         joined = f"{context}, {term}" if context else term
-        if len(joined) > P.MAX_CONTEXT:
+        if len(joined) > MAX_CONTEXT:
             break
         context = joined
     return context or None
@@ -145,69 +150,77 @@ def _boosted(keyword: str) -> bool:
 
 # -- the handshake --------------------------------------------------------------------------------------------
 
-def handshake_refusal(cfg, query: dict, request):
+def handshake_refusal(cfg: AuthConfig, headers, query_string: str) -> Refusal | None:
     """Deepgram refuses at the handshake: 401 for a missing or unknown key, 400 for a query it cannot serve,
     with its JSON error body (and its dg-request-id and dg-error headers). None: go on."""
-    verdict = auth.check(cfg, auth.SPEAK, auth.token_from(request.headers, query))
+    query = query_of(query_string)
+    verdict = auth.check(cfg, auth.SPEAK, auth.token_from(headers, {k: v[0] for k, v in query.items()}))
     if verdict == auth.UNAUTHORIZED:
         return refusal(HTTPStatus.UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.")
     if verdict == auth.FORBIDDEN:
         return refusal(HTTPStatus.FORBIDDEN, "INSUFFICIENT_PERMISSIONS", "This key may not stream audio.")
     try:
-        parse_options(query_of(request))
+        parse_options(query)
     except BadRequest as exc:
         return refusal(HTTPStatus.BAD_REQUEST, "Bad Request", f"Bad Request: {exc}")
     return None
 
 
-def refusal(status: HTTPStatus, code: str, message: str):
+def refusal(status: HTTPStatus, code: str, message: str) -> Refusal:
     request_id = str(uuid.uuid4())
     body = json.dumps({"err_code": code, "err_msg": message, "request_id": request_id}).encode()
-    return http.response(status, body, "application/json",
-                         **{"dg-request-id": request_id, "dg-error": message.encode("ascii", "replace").decode()})
+    return Refusal(status, body, "application/json",
+                   {"dg-request-id": request_id, "dg-error": message.encode("ascii", "replace").decode()})
 
 
 # -- the stream -----------------------------------------------------------------------------------------------
 
-class DeepgramListener(Listener):
+class Deepgram(Adapter):
     resumable = False  # Deepgram streams cannot resume; a dropped one is flushed into its transcript and room
 
-    def __init__(self, app, ws, url_room):
-        super().__init__(app, ws, url_room)
-        self.options = parse_options(query_of(ws.request))  # checked at the handshake already
+    def __init__(self, stream: Stream):
+        super().__init__(stream)
+        self.options = parse_options(query_of(stream.ws.query_string))  # checked at the handshake already
+        self._bytes_per_second = self.options.start.sample_rate * self.options.start.bytes_per_sample
         self._created = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._request_id = ""  # our session id, from `ready`
-        self._model: dict = {}
+        self._model: dict = {"uuid": "", "info": {}}
         self._audio_bytes = 0
         self._sha256 = hashlib.sha256()  # of the audio received, as Deepgram's Metadata has it
         self._speaking: set[int] = set()  # segments whose SpeechStarted was sent and whose final was not yet
         self._from_finalize: set[int] = set()  # segments a Finalize closed
         self._closing_from: int | None = None  # segments from here on were flushed by CloseStream
 
+    @property
+    def _session(self) -> Session:
+        session = self.stream.session
+        assert session is not None, "a Deepgram stream starts on connect"
+        return session
+
     # -- client -> session
 
     async def opened(self) -> None:
-        await self._start(self.options.start)  # Deepgram streams start on connect: the query is their `start`
+        await self.stream.start(self.options.start)  # a Deepgram stream starts on connect: the query is its start
 
     async def on_text(self, text: str) -> None:
         try:
             msg = _control(text)
-        except P.ProtocolError as exc:
-            await self.send(self._error(exc.code, exc.message, original=text))
+        except ProtocolError as exc:
+            await self.stream.send(self._error(exc.code, exc.message, original=text))
             return
         kind = msg["type"]
         if kind == "KeepAlive":
             pass  # any frame resets the idle timer (listen.py): nothing else to do
         elif kind == "Finalize":
             first = self._next_segment()
-            self.session.finalize()
+            self._session.finalize()
             self._from_finalize.update(range(first, self._next_segment()))
         elif kind == "CloseStream":
             await self._close_stream()
         elif kind == "Configure":
-            await self.send(P.dump(self._configured(msg)))
+            await self.stream.send(P.dump(self._configured(msg)))
         else:
-            await self.send(self._error(P.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}: expected KeepAlive, "
+            await self.stream.send(self._error(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}: expected KeepAlive, "
                                                         "Finalize, CloseStream or Configure", original=text))
 
     async def on_audio(self, data: bytes) -> None:
@@ -216,9 +229,9 @@ class DeepgramListener(Listener):
             return
         try:
             for piece in self._pieces(data):
-                self.session.audio(piece)
-        except P.ProtocolError as exc:
-            await self.send(self.error_frame(exc.code, exc.message))
+                self._session.audio(piece)
+        except ProtocolError as exc:
+            await self.stream.send(self.error_frame(exc.code, exc.message))
             return
         self._audio_bytes += len(data)
         self._sha256.update(data)
@@ -226,7 +239,7 @@ class DeepgramListener(Listener):
     def _pieces(self, data: bytes) -> list[bytes]:
         """Deepgram takes frames of any length; the session takes at most 1 s each: longer ones are cut into
         whole seconds (a byte count that is not a whole number of samples is left whole, to be refused)."""
-        second = self.session.bytes_per_second
+        second = self._bytes_per_second
         if len(data) <= second or len(data) % self.options.start.bytes_per_sample:
             return [data]
         return [data[i:i + second] for i in range(0, len(data), second)]
@@ -235,10 +248,10 @@ class DeepgramListener(Listener):
         """Every open window becomes a final; the finals, then Metadata, are sent; then listen.py closes with
         1000 (the session has ended)."""
         self._closing_from = self._next_segment()
-        await self.session.stop()
+        await self._session.stop()
 
     def _next_segment(self) -> int:
-        return self.session.next_segment  # segments below it have their finals on the way
+        return self._session.next_segment  # segments below it have their finals on the way
 
     def _configured(self, msg: dict) -> dict:
         """Configure: our models take keyterms only at connect (as the stream's context); formatting features
@@ -252,26 +265,23 @@ class DeepgramListener(Listener):
     # -- session -> client
 
     def segmenter_config(self) -> SegmenterConfig:
-        cfg = self.app.cfg.segmenter
-        changes = {}
+        cfg = self.stream.cfg.segmenter
+        changes: dict[str, Any] = {}
         if self.options.endpointing_ms is not None:  # ms of silence that end an utterance: our hangover
             changes["hangover_ms"] = max(self.options.endpointing_ms, cfg.frame_ms)
         if not (self.options.interim_results or self.options.vad_events or self.options.start.room):
             changes["partial_interval_s"] = cfg.max_window_s + 1  # nobody reads partials: spare the engine
         return dataclasses.replace(cfg, **changes)
 
-    def encode(self, msg: dict) -> list[str]:
-        kind = msg["type"]
-        if kind == "ready":
-            self._ready(msg)
+    def encode(self, event: Event) -> list[str]:
+        if isinstance(event, Ready):
+            self._ready(event)
             return []  # Deepgram sends nothing on open
-        if kind in ("partial", "final"):
-            return [P.dump(m) for m in self._caption(msg)]
-        if kind == "error":
-            return [self.error_frame(msg["code"], msg["message"])]
-        if kind == "end":
+        if isinstance(event, Error):
+            return [self.error_frame(event.code, event.message)]
+        if isinstance(event, End):
             return [P.dump(self._metadata())]
-        return []
+        return [P.dump(m) for m in self._caption(event)]
 
     def error_frame(self, code: str, message: str) -> str:
         return self._error(code, message)
@@ -285,35 +295,35 @@ class DeepgramListener(Listener):
             frame["message"] = original[:200]
         return P.dump(frame)
 
-    def _ready(self, msg: dict) -> None:
-        self._request_id = msg["session"]  # so that a client can fetch /v1/transcripts/ID later
-        name, backend = msg["model"], msg["backend"]
+    def _ready(self, ready: Ready) -> None:
+        self._request_id = ready.session  # so that a client can fetch /v1/transcripts/ID later
+        name, backend = ready.model, ready.backend
         self._model = {"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{backend}/{name}")),
                        "info": {"name": name, "version": "n/a", "arch": backend}}
 
-    def _caption(self, msg: dict) -> list[dict]:
-        segment, final = msg["segment"], msg["type"] == "final"
+    def _caption(self, caption: Caption) -> list[dict]:
+        segment, final = caption.segment, isinstance(caption, Final)
         out = []
         if segment not in self._speaking:  # the first caption of a window: its speech started at its start
             self._speaking.add(segment)
             if self.options.vad_events:
-                out.append({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": msg["start"]})
+                out.append({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": caption.start})
         if final:
             self._speaking.discard(segment)
         if final or self.options.interim_results:
-            out.append(self._results(msg, final))
-        if final and msg["text"] and self.options.utterance_end_ms:
-            out.append({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": msg["end"]})
+            out.append(self._results(caption, final))
+        if final and caption.text and self.options.utterance_end_ms:
+            out.append({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": caption.end})
         return out
 
-    def _results(self, msg: dict, final: bool) -> dict:
-        segment, text = msg["segment"], msg["text"]
+    def _results(self, caption: Caption, final: bool) -> dict:
+        segment, text = caption.segment, caption.text
         from_finalize = final and segment in self._from_finalize
         self._from_finalize.discard(segment)
         flushed = from_finalize or (self._closing_from is not None and segment >= self._closing_from)
         return {
             "type": "Results", "channel_index": CHANNEL,
-            "duration": round(msg["end"] - msg["start"], 6), "start": msg["start"],
+            "duration": round(caption.end - caption.start, 6), "start": caption.start,
             "is_final": final,
             "speech_final": final and not flushed,  # a final is a window the VAD closed, unless a flush did
             "from_finalize": from_finalize,
@@ -325,7 +335,7 @@ class DeepgramListener(Listener):
         }
 
     def _metadata(self) -> dict:
-        bps = self.session.bytes_per_second
+        bps = self._bytes_per_second
         return {"type": "Metadata", "transaction_key": "deprecated", "request_id": self._request_id,
                 "sha256": self._sha256.hexdigest(), "created": self._created,
                 "duration": round(self._audio_bytes / bps, 6), "channels": 1,
@@ -336,5 +346,5 @@ def _control(text: str) -> dict:
     """One client text frame -> a JSON object with a string `type`; raises ProtocolError."""
     msg = P.load_object(text)
     if not isinstance(msg.get("type"), str):
-        raise P.ProtocolError(P.BAD_MESSAGE, 'a message must be a JSON object with a string "type"')
+        raise ProtocolError(BAD_MESSAGE, 'a message must be a JSON object with a string "type"')
     return msg

@@ -1,60 +1,22 @@
-"""Protocol v1 messages (docs/protocol.md): parsing what clients send, building what the server sends.
+"""Protocol v1's frames (docs/protocol.md): parsing what clients send, encoding the session's typed events.
 
-Pure functions, no I/O, so that the transport and the session stay small and the parser can be tested alone.
+Pure functions, no I/O, so that the adapter (v1.py) stays small and the parser can be tested alone. What every
+protocol shares (the start request, names, error codes) is the core's: core/requests.py, core/errors.py.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 
+from ..core.errors import (BAD_JSON, BAD_MESSAGE, RESUME_REFUSED, UNKNOWN_TYPE, UNSUPPORTED_CHANNELS,
+                           UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, ProtocolError)
+from ..core.events import Caption, End, Error, Event, Ready
+from ..core.requests import ENCODINGS, MAX_CONTEXT, SAMPLE_RATE, SAMPLE_RATES, SESSION_ID, Start, check_room
+from ..delivery.records import caption_record
+
 PROTOCOL_VERSION = 1
-SAMPLE_RATE = 16000  # the rate every stream is resampled to, and the unit of all timestamps
-SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-ENCODINGS = {"pcm_s16le": 2, "pcm_f32le": 4}  # encoding -> bytes per sample
 MAX_TEXT_FRAME = 64 * 1024
-MAX_CONTEXT = 500  # characters of a stream's `context`
-
-# Error codes sent in {"type":"error","code":...}; docs/protocol.md lists them all.
-BAD_JSON = "bad_json"
-BAD_MESSAGE = "bad_message"
-UNKNOWN_TYPE = "unknown_type"
-NOT_STARTED = "not_started"
-ALREADY_STARTED = "already_started"
-UNSUPPORTED_SAMPLE_RATE = "unsupported_sample_rate"
-UNSUPPORTED_ENCODING = "unsupported_encoding"
-UNSUPPORTED_CHANNELS = "unsupported_channels"
-BAD_ROOM = "bad_room"
-BAD_AUDIO = "bad_audio"
-BACKEND_ERROR = "backend_error"
-RESUME_UNKNOWN = "resume_unknown"
-RESUME_REFUSED = "resume_refused"
-BACKEND_STALLED = "backend_stalled"
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Start:
-    sample_rate: int = SAMPLE_RATE
-    encoding: str = "pcm_s16le"
-    channels: int = 1
-    room: str | None = None  # publish this stream's captions to a room's viewers
-    speaker: str | None = None  # the label viewers of the room see on these captions
-    context: str | None = None  # names and terms likely to be said: a prompt for the model
-    resume: str | None = None  # the id of a dropped session to go on with
-    resume_token: str | None = None  # the secret its `ready` carried
-    offset: int | None = None  # stream position (16 kHz samples) at which the audio resent now begins
-
-    @property
-    def bytes_per_sample(self) -> int:
-        return ENCODINGS[self.encoding]
 
 
 @dataclass(frozen=True)
@@ -142,46 +104,42 @@ def _parse_start(msg: dict) -> Start:
                  resume_token=token if resume else None, offset=offset if resume else None)
 
 
-ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-SESSION_ID = re.compile(r"[0-9a-f]{12}")
-
-
-def check_room(room) -> str:
-    if not isinstance(room, str) or not ROOM_NAME.fullmatch(room):
-        raise ProtocolError(BAD_ROOM, "a room name is 1 to 64 characters: letters, digits, '_', '.', '-' "
-                                      "(starting with a letter or digit)")
-    return room
-
-
 def dump(msg: dict) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-# The session core speaks in messages (dicts): ready, partial, final, error, end. The v1 adapter sends them as
-# they are (dump); the other adapters translate them into their protocol's own.
+def encode(event: Event) -> dict:
+    """A session event as v1 sends it; fields that do not apply are left out."""
+    if isinstance(event, Ready):
+        msg = {"type": "ready", "protocol": PROTOCOL_VERSION, "session": event.session, "backend": event.backend,
+               "model": event.model, "sample_rate": SAMPLE_RATE, "reason": event.reason,
+               "resume_token": event.resume_token}
+        if event.room is not None:
+            msg.update(room=event.room, speaker=event.speaker)
+        if event.resumed:
+            msg.update(resumed=True, position=event.position)
+        return msg
+    if isinstance(event, Error):
+        return error_message(event.code, event.message,
+                             **({"segment": event.segment} if event.segment is not None else {}))
+    if isinstance(event, End):
+        return {"type": "end", **({"reason": event.reason} if event.reason else {})}
+    return caption_record(event)
 
-def ready(session: str, backend: str, model: str, reason: str, **extra) -> dict:
-    return {"type": "ready", "protocol": PROTOCOL_VERSION, "session": session, "backend": backend,
-            "model": model, "sample_rate": SAMPLE_RATE, "reason": reason, **extra}
+
+def encode_viewer(caption: Caption, backlog: bool) -> str:
+    """A room's caption as a viewer gets it (`/v1/watch`): labelled with speaker and session; `backlog` on the
+    finals said before the viewer joined."""
+    return dump({**caption_record(caption), "backlog": True} if backlog else caption_record(caption))
 
 
-def caption(kind: str, segment: int, start: float, end: float, text: str, **extra) -> dict:
-    """A `partial` or `final` message (a dict: rooms add fields before it is sent); start/end are seconds of
-    the stream's own audio."""
-    return {"type": kind, "segment": segment, "start": start, "end": end, "text": text, **extra}
-
-
-def error_message(code: str, message: str, **extra) -> dict:
+def error_message(code: str, message: str, **extra: object) -> dict:
     return {"type": "error", "code": code, "message": message, **extra}
 
 
-def error(code: str, message: str, **extra) -> str:
+def error(code: str, message: str, **extra: object) -> str:
     return dump(error_message(code, message, **extra))
 
 
 def pong() -> str:
     return dump({"type": "pong"})
-
-
-def end(**extra) -> dict:
-    return {"type": "end", **extra}

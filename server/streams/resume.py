@@ -8,11 +8,10 @@ another's session. A resume that arrives while the drop is still being flushed w
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 
-from . import protocol as P
-from ..core.session import ResumeState
+from ..core.errors import ProtocolError, RESUME_REFUSED, RESUME_UNKNOWN
+from ..core.state import ResumeState, tokens_match
 
 MAX_HELD = 10_000  # dropped sessions held at once; the oldest go first
 
@@ -39,7 +38,7 @@ class Resumable:
         if done is not None:
             done.set()
 
-    async def take(self, session: str, token: str) -> ResumeState:
+    async def take(self, session: str, token: str | None) -> ResumeState:
         """The state to resume, once; raises ProtocolError (resume_unknown / resume_refused) otherwise."""
         if session in self._flushing:
             expected, done = self._flushing[session]
@@ -48,7 +47,7 @@ class Resumable:
         self._expire()
         expiry, state = self._held.get(session, (0.0, None))
         if state is None:
-            raise P.ProtocolError(P.RESUME_UNKNOWN, f"session {session} cannot be resumed: it ended, expired "
+            raise ProtocolError(RESUME_UNKNOWN, f"session {session} cannot be resumed: it ended, expired "
                                                     f"(after {self.hold_s:g} s) or was never here; start a new one")
         _check(state.token, token)
         del self._held[session]
@@ -70,10 +69,6 @@ class Resumable:
             del self._held[session]
 
 
-def tokens_match(expected: str, token: str | None) -> bool:
-    return hmac.compare_digest(expected.encode(), (token or "").encode())  # constant time: no guessing by timing
-
-
 def _check(expected: str, token: str | None) -> None:
     if not tokens_match(expected, token):
-        raise P.ProtocolError(P.RESUME_REFUSED, "wrong resume_token for this session")
+        raise ProtocolError(RESUME_REFUSED, "wrong resume_token for this session")

@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import asyncio
 
+from ..core.errors import BAD_MESSAGE, ProtocolError
+from ..core.events import Caption
+from ..core.requests import check_room
+from ..delivery.rooms import Viewer
 from . import protocol as P
 from .connection import Connection, ConnectionClosed
-from ..delivery.rooms import Viewer
+from .context import StreamContext
 
 
-async def watch(app, ws: Connection, room_name: str | None) -> None:
+async def watch(ctx: StreamContext, ws: Connection, room_name: str | None) -> None:
     try:
-        room = app.rooms.get(P.check_room(room_name))
-    except P.ProtocolError as exc:
+        room = ctx.rooms.get(check_room(room_name))
+    except ProtocolError as exc:
         await ws.send(P.error(exc.code, exc.message))
         await ws.close(1008, "bad room name")
         return
     speakers = set(room.speakers.values())
-    if app.cluster is not None:
+    if ctx.cluster is not None:
         # The room's subscription and its backlog from Redis, then every replica's speakers (bounded; Redis
         # away: this replica's own only).
-        await app.cluster.open_room(room.name)
-        speakers |= set(await app.cluster.speakers(room.name) or ())
+        await ctx.cluster.open_room(room.name)
+        speakers |= set(await ctx.cluster.speakers(room.name) or ())
     await ws.send(P.dump({"type": "watching", "protocol": P.PROTOCOL_VERSION, "room": room.name,
                           "speakers": sorted(speakers)}))
-    viewer = Viewer(ws.send)
+    async def send(caption: Caption, backlog: bool) -> None:
+        await ws.send(P.encode_viewer(caption, backlog))
+
+    viewer = Viewer(send)
     room.join(viewer)  # the backlog and every later caption, with no await in between: none can fall in a gap
-    app.viewers.add(ws)
+    ctx.live.add_viewer(ws)
     sender = asyncio.create_task(viewer.run())
     receiver = asyncio.create_task(_viewer_input(ws))
     too_slow = asyncio.create_task(viewer.too_slow.wait())
@@ -36,7 +43,7 @@ async def watch(app, ws: Connection, room_name: str | None) -> None:
             await ws.close(1008, "viewer too slow: fell too far behind")
     finally:
         room.viewers.discard(viewer)
-        app.viewers.discard(ws)
+        ctx.live.remove_viewer(ws)
         for task in (sender, receiver, too_slow):
             task.cancel()
         await asyncio.gather(sender, receiver, too_slow, return_exceptions=True)
@@ -48,12 +55,12 @@ async def _viewer_input(ws: Connection) -> None:
         async for message in ws:
             try:
                 msg = P.parse_client_text(message) if isinstance(message, str) else None
-            except P.ProtocolError as exc:
+            except ProtocolError as exc:
                 await ws.send(P.error(exc.code, exc.message))
                 continue
             if isinstance(msg, P.Ping):
                 await ws.send(P.pong())
             else:
-                await ws.send(P.error(P.BAD_MESSAGE, "viewers may only send ping"))
+                await ws.send(P.error(BAD_MESSAGE, "viewers may only send ping"))
     except ConnectionClosed:
         pass
