@@ -84,8 +84,9 @@ async def stream_clip(clip: Clip, url: str, speed: float, sent: asyncio.Event) -
                 chunk = clip.audio[i:i + FRAME]
                 # Like a microphone: a frame leaves once all of its audio has been spoken.
                 await asyncio.sleep(max(0.0, t0 + (i + len(chunk)) / RATE / speed - time.monotonic()))
-                await ws.send(encode(chunk, "pcm_s16le"))
+                # Stamped before the send: a caption of this frame may be read while the send waits to drain.
                 run.sent_at.append(time.monotonic())
+                await ws.send(encode(chunk, "pcm_s16le"))
             await ws.send(json.dumps({"type": "stop"}))
             sent.set()
             await asyncio.wait_for(receiver, timeout=900)  # a saturated server may owe many finals
