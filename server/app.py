@@ -107,7 +107,7 @@ class CaptionServer:
         the engine and the backend. The caller bounds it all with limits.shutdown_deadline_s."""
         assert self._site is not None and self._runner is not None, "start() first"
         ctx = self.streams
-        ctx.live.closing = True
+        ctx.live.shutting_down()
         await self._site.stop()  # no new connections; the open ones stay until they are flushed and closed
         self.phase = f"flushing {len(ctx.live.streams)} stream(s)"
         streams = [stream.shut_down() for stream in list(ctx.live.streams.values())]

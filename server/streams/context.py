@@ -38,7 +38,11 @@ class Live:
     streams: dict[str, LiveStream] = field(default_factory=dict)
     viewers: set[Connection] = field(default_factory=set)
     per_ip: Counter[str] = field(default_factory=Counter)
-    closing: bool = False  # the server is shutting down: it closes every connection itself
+    closing: bool = False  # the server is shutting down: it closes every connection itself (shutting_down())
+
+    def shutting_down(self) -> None:
+        """From now on no connection is admitted, and streams leave closing to the server."""
+        self.closing = True
 
     def add_stream(self, session_id: str, stream: LiveStream) -> None:
         self.streams[session_id] = stream
