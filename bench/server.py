@@ -1,5 +1,5 @@
-"""A real caption server in a subprocess on a free loopback port (the way tests/helpers.py starts one), and its
-/healthz counters."""
+"""A real caption server in a subprocess on a free loopback port (tests and benchmarks start theirs here), its
+/healthz counters, and the one place a free port comes from."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,7 @@ def free_port() -> int:
 def server_process(*args: str, log_path: Path, timeout: float = 180.0, module: str = "server",
                    env: dict | None = None):
     """Starts `python -m server --port 0 ARGS`; yields (websocket URL, process); stops it after.
-    `module`: another entry point that ends in the server's main (tests.stuck_server); `env`: added variables."""
+    `module`: another entry point that ends in the server's main (tests.support.stuck_server); `env`: added variables."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args],

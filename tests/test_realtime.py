@@ -23,7 +23,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from client.stream import encode, stream_audio
 from server.core import errors as E
 from server.core import requests as Q
-from server.streams import protocol as P
 from server.streams import realtime as R
 from server.streams import realtime_settings as RS
 from server.core.events import Error, Event, Final, Partial, Ready
