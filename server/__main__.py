@@ -9,10 +9,10 @@ import signal
 import sys
 import threading
 
+from .app import CaptionServer
 from .backends import BACKENDS, create_backend
 from .config import load_config
 from .core.engine import Engine
-from .app import CaptionServer
 
 log = logging.getLogger("server")
 

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from bench.redis_server import redis_server
-from server.core import errors as E
 from server.cluster.handover import HELD, LIVE, Handover, record
 from server.cluster.keys import Keys
 from server.cluster.link import Link
+from server.core import errors as E
 from server.core.state import ResumeState
 
 KEYS = Keys("t")

@@ -18,9 +18,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from client.stream import encode, stream_audio
-from server.streams import deepgram as dg
 from server.config import load_config
-from server.streams.protocol import MAX_CONTEXT
+from server.core.requests import MAX_CONTEXT
+from server.streams import deepgram as dg
 
 from .support.audio import RATE, continuous_speech, heard, join_with_silence, load_16k
 from .support.servers import http_base, room_finals, server_process

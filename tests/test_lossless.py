@@ -23,7 +23,8 @@ from server.httpapi.health import health
 
 from .support.audio import RATE, join_with_silence, load_16k, wer
 from .support.peers import FaultyBackend
-from .support.servers import health as health_of, server_process
+from .support.servers import health as health_of
+from .support.servers import server_process
 from .support.v1 import collect_until, read_all_sent, recv
 from .support.waits import until
 

@@ -21,17 +21,17 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from client.stream import encode, stream_audio
+from server.config import Config, EngineConfig, SegmenterConfig
 from server.core import errors as E
 from server.core import requests as Q
-from server.streams import realtime as R
-from server.streams import realtime_settings as RS
-from server.core.events import Error, Event, Final, Partial, Ready
-from server.config import Config, EngineConfig, SegmenterConfig
 from server.core.engine import Engine
+from server.core.events import Error, Event, Final, Partial, Ready
 from server.core.segmenter import Segmenter
 from server.core.session import Session
-from server.delivery.sink import OutputSink
 from server.core.vad import VadFactory, make_vad
+from server.delivery.sink import OutputSink
+from server.streams import realtime as R
+from server.streams import realtime_settings as RS
 
 from .support.audio import RATE, heard, join_with_silence, load_16k, trim_silence
 from .support.servers import http_base, room_finals, server_process

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 
 from caption_formats import to_srt, to_txt, to_vtt
+from server.config import EngineConfig, load_config
 from server.core import errors as E
 from server.core import requests as Q
-from server.streams import protocol as P
-from server.config import load_config
 from server.core.engine import BackendError, Engine
-from server.config import EngineConfig
+from server.streams import protocol as P
 
 from .support.waits import until
 

@@ -98,9 +98,8 @@ def _salm_config(hidden: int) -> dict:
 def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny checkpoint to out_dir, reload it through ``SALM.from_pretrained`` and verify it."""
     import torch
-    from transformers import Qwen3Config
-
     from nemo.collections.speechlm2.models import SALM
+    from transformers import Qwen3Config
 
     from .salm import missing_keys
 

@@ -16,12 +16,10 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from . import responses as http
 from ..core.requests import ROOM_NAME, SESSION_ID
 from ..intelligence.service import Busy, Unavailable
+from . import responses as http
 from .served import Served, served
-
-
 
 
 async def ask_room(request: web.Request) -> web.StreamResponse:

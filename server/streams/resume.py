@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..core.errors import ProtocolError, RESUME_REFUSED, RESUME_UNKNOWN
+from ..core.errors import RESUME_REFUSED, RESUME_UNKNOWN, ProtocolError
 from ..core.state import ResumeState, tokens_match
 
 MAX_HELD = 10_000  # dropped sessions held at once; the oldest go first

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ..core.errors import NOT_STARTED, ProtocolError
 from ..core.events import Event
-from . import protocol as P
 from ..core.requests import Start
+from . import protocol as P
 from .policy import Adapter
 
 
