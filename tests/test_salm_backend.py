@@ -1,4 +1,4 @@
-"""SalmBackend on a tiny random-weight SALM checkpoint written offline (server/tiny_model.py).
+"""SalmBackend on a tiny random-weight SALM checkpoint written offline (server/backends/tiny_model.py).
 
 Random weights make the text meaningless, so these tests check plumbing: loading through from_pretrained,
 one string per input, determinism, batching invariance and the generation cap.

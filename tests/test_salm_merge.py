@@ -1,8 +1,8 @@
 """LoRA merged into the LLM's weights (SalmBackend's default) decodes the same tokens as the peft-wrapped model.
 
-On the tiny random-weight checkpoint (server/tiny_model.py, LoRA B initialised non-zero so the adapter matters),
-in fp32 on CPU. Merging changes the arithmetic (x(W + sBA) instead of xW + s(xA)B), so the logits are only
-close, not equal; greedy ids are what must not change.
+On the tiny random-weight checkpoint (server/backends/tiny_model.py, LoRA B initialised non-zero so the adapter
+matters), in fp32 on CPU. Merging changes the arithmetic (x(W + sBA) instead of xW + s(xA)B), so the logits are
+only close, not equal; greedy ids are what must not change.
 """
 
 import os

@@ -16,8 +16,8 @@ random weights never end a transcript on their own), reports:
 5. Drafts on one batch of growing windows: none / the previous partial's output / the window's own (ceiling).
 
 The full-size model is built on the GPU directly from the shapes in ../shared/notes/salm.md (no hub, no
-checkpoint). `--tiny` runs the tiny checkpoint of server/tiny_model.py on the CPU so that CI checks the benchmark
-works: its numbers are sanity checks, never performance results.
+checkpoint). `--tiny` runs the tiny checkpoint of server/backends/tiny_model.py on the CPU so that CI checks the
+benchmark works: its numbers are sanity checks, never performance results.
 
 Modules, one section each: model (building the SALM and our backend around it), audio (what is decoded),
 measure (device sync, percentiles, memory, the machine), offline (1, 2, 4 and 5), live (3, and asks beside the

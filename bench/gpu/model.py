@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Canary-Qwen-2.5B: Qwen3-1.7B + FastConformer (../shared/notes/salm.md). Everything else as server/tiny_model.py.
+# Canary-Qwen-2.5B: Qwen3-1.7B + FastConformer (../shared/notes/salm.md). Everything else as
+# server/backends/tiny_model.py.
 FULL_SHAPES = dict(vocab=151936, hidden=2048, intermediate=6144, layers=28, heads=16, kv_heads=8, head_dim=128,
                    tied=True, enc_layers=32, enc_d=1024, enc_heads=8, enc_channels=256, enc_ff=4,
                    lora_r=128, lora_alpha=256)

@@ -1,6 +1,6 @@
 """One websocket connection, as the stream and viewer handlers see it: frames in and out, close, abort.
 
-The handlers (listen.py and its adapters, watch.py) use only this small interface, not the HTTP stack's own
+The handlers (policy.py and the protocol adapters, watch.py) use only this small interface, not the HTTP stack's own
 websocket object, so that the session core does not depend on the web library (aiohttp today: routes.py says
 why) and the policy around a connection stays in the handlers.
 

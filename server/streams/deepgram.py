@@ -210,7 +210,7 @@ class Deepgram(Adapter):
             return
         kind = msg["type"]
         if kind == "KeepAlive":
-            pass  # any frame resets the idle timer (listen.py): nothing else to do
+            pass  # any frame resets the idle timer (policy.py): nothing else to do
         elif kind == "Finalize":
             first = self._next_segment()
             self._session.finalize()
@@ -245,7 +245,7 @@ class Deepgram(Adapter):
         return [data[i:i + second] for i in range(0, len(data), second)]
 
     async def _close_stream(self) -> None:
-        """Every open window becomes a final; the finals, then Metadata, are sent; then listen.py closes with
+        """Every open window becomes a final; the finals, then Metadata, are sent; then the policy closes with
         1000 (the session has ended)."""
         self._closing_from = self._next_segment()
         await self._session.stop()

@@ -6,11 +6,11 @@ Both flavours of the API are spoken: the GA one (`session.created` / `session.up
 `transcription_session.update` with `input_audio_format`, `input_audio_transcription`, `turn_detection`).
 An update may use either shape; the answer's shape follows its event name (and, for `session.*`, the flavour).
 
-The session core and the connection policy underneath are the ones every protocol shares (policy.py): client JSON
-events become session calls (`input_audio_buffer.append` -> audio, `.commit` -> finalize, `.clear` -> clear), and the core's events
-become Realtime events (`encode`): a window that opens is `input_audio_buffer.speech_started`, its partials are
-`...input_audio_transcription.delta`, its final is `speech_stopped`, `committed` and `...completed`. Our Session
-is made at the first audio, so that the format, turn detection and prompt can be set until then
+The session core and the connection policy underneath are the ones every protocol shares (policy.py): client
+JSON events become session calls (`input_audio_buffer.append` -> audio, `.commit` -> finalize, `.clear` -> clear),
+and the core's events become Realtime events (`encode`): a window that opens is
+`input_audio_buffer.speech_started`, its partials are `...input_audio_transcription.delta`, its final is
+`speech_stopped`, `committed` and `...completed`. Our Session is made at the first audio, so that the format, turn detection and prompt can be set until then
 (realtime_settings.py checks them).
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Dropped sessions that a client may resume, for `limits.resume_s` after the drop.
 
 A session whose connection drops without `stop` is flushed (its open window becomes a final) and then held here
-as a ResumeState: plain data, which replicas share through Redis as well (cluster/handover.py). A client that reconnects with the
-session's id and its resume token takes it back; a wrong or missing token is refused, so no client can take over
+as a ResumeState: plain data, which replicas share through Redis as well (cluster/handover.py). A client that
+reconnects with the session's id and its resume token takes it back; a wrong or missing token is refused, so no client can take over
 another's session. A resume that arrives while the drop is still being flushed waits for the flush.
 """
 from __future__ import annotations
