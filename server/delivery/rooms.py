@@ -55,7 +55,7 @@ class Room:
         self.backlog: deque[Final] = deque(maxlen=backlog)
         self.viewers: set[Viewer] = set()
         self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
-        self._seen: OrderedDict[tuple[str | None, int], None] = OrderedDict()  # (session, segment) of finals let through
+        self._seen: OrderedDict[tuple[str | None, int], None] = OrderedDict()  # (session, segment): finals let through
 
     def join(self, viewer: Viewer) -> None:
         """The backlog first, then every caption published after: in one step (no await), so a caption published

@@ -10,8 +10,8 @@ The session core and the connection policy underneath are the ones every protoco
 JSON events become session calls (`input_audio_buffer.append` -> audio, `.commit` -> finalize, `.clear` -> clear),
 and the core's events become Realtime events (`encode`): a window that opens is
 `input_audio_buffer.speech_started`, its partials are `...input_audio_transcription.delta`, its final is
-`speech_stopped`, `committed` and `...completed`. Our Session is made at the first audio, so that the format, turn detection and prompt can be set until then
-(realtime_settings.py checks them).
+`speech_stopped`, `committed` and `...completed`. Our Session is made at the first audio, so that the format,
+turn detection and prompt can be set until then (realtime_settings.py checks them).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A session whose connection drops without `stop` is flushed (its open window becomes a final) and then held here
 as a ResumeState: plain data, which replicas share through Redis as well (cluster/handover.py). A client that
-reconnects with the session's id and its resume token takes it back; a wrong or missing token is refused, so no client can take over
-another's session. A resume that arrives while the drop is still being flushed waits for the flush.
+reconnects with the session's id and its resume token takes it back; a wrong or missing token is refused, so no
+client can take over another's session. A resume that arrives while the drop is still being flushed waits for the flush.
 """
 from __future__ import annotations
 
