@@ -1,5 +1,6 @@
 import pytest
 
+from .support.salm_llm import salm_backend
 from .support.servers import run_server
 
 
@@ -27,3 +28,15 @@ def salm_url(tmp_path_factory, tiny_salm_dir):
     with run_server("--backend", "salm", "--model", str(tiny_salm_dir), "--device", "cpu",
                     "--set", f"server.data_dir={data}", log_path=log) as url:
         yield url
+
+
+# LLM mode's backends, built once for test_salm_llm.py and test_salm_llm_job.py (seconds each): the tiny SALM with its
+# LoRA merged into the weights (the pre-merge ones kept for llm_mode()), and with peft's adapter left in place.
+@pytest.fixture(scope="session")
+def merged(tiny_salm_dir):
+    yield from salm_backend(tiny_salm_dir, merge_lora=True)
+
+
+@pytest.fixture(scope="session")
+def plain(tiny_salm_dir):
+    yield from salm_backend(tiny_salm_dir, merge_lora=False)
