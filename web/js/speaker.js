@@ -6,10 +6,13 @@
 // transcript; each final here has the id lineId(session, segment) its citations link to. Without a room the panel
 // stays hidden: a page's own session changes with every Start (and refused resume), so the room is the one stable
 // transcript to ask about. The summary shows from this page's first final on, or once a question is answered.
+// This module: the page's settings from its address, the stream link (start, resume, resending the backlog) and
+// Start/Stop; the microphone is capture.js, the transcript and its downloads captions-view.js.
 import { lineId, mountMeeting } from "./ask.js";
+import { CaptionsView } from "./captions-view.js";
+import { levelMeter, openCapture } from "./capture.js";
 import {
-  MAX_CONTEXT, ROOM_RE, SERVER_RATES, ReconnectingSocket, WRITERS, cleanContext, downloadText, el, fileStamp, hms,
-  showState, wsUrl,
+  MAX_CONTEXT, ROOM_RE, ReconnectingSocket, cleanContext, showState, wsUrl,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -61,9 +64,16 @@ if (room) {
   document.title = `Live captions · ${room}`;
 }
 const meeting = room ? mountMeeting($("meeting"), { room }) : null;
+const view = new CaptionsView(ui, {
+  room,
+  onClear: () => {
+    if (!running) earlierRuns = 0; // the transcript's clock starts again with the next Start
+  },
+});
+const setLevel = levelMeter(ui.level);
 
 // --- state ------------------------------------------------------------------------------------------------
-let capture = null; // {stream, ctx, source, node, rate}
+let capture = null; // the open microphone: {rate, close()}
 let rate = 48000; // the capture rate of the current or last run: the unit of the sample counters
 let running = false; // the user wants captions (between Start and Stop)
 let stopping = false;
@@ -80,15 +90,13 @@ let lastSegment = -1; // the current session's last final received: a final sent
 let lastFinalEnd = 0; // its end, in seconds on the session's stream clock
 let resumes = 0; // sessions resumed after a drop (for tests)
 let context = ""; // the names and terms of the current run, fixed at Start: every session's start sends them
-const finals = []; // {start, end, text, segment, session}: seconds of audio captured since the first Start
-let partial = null; // {segment, text}
 
 const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
   open: (ws) => sendStart(ws, Boolean(resumeToken)),
   message: onMessage,
   close: () => {
     live = false;
-    setPartial(null); // the open window comes back as a final when the session is resumed
+    view.setPartial(null); // the open window comes back as a final when the session is resumed
     return running && !stopping;
   },
   state: (name, detail) => {
@@ -147,7 +155,7 @@ function onMessage(msg, ws) {
     }
     case "partial":
       if (msg.session && msg.session !== session) break;
-      setPartial({ segment: msg.segment, text: msg.text || "" });
+      view.setPartial({ segment: msg.segment, text: msg.text || "" });
       break;
     case "final":
       addFinal(msg);
@@ -176,78 +184,19 @@ function addFinal(msg) {
   lastFinalEnd = msg.end;
   trimBacklog();
   const offset = earlierRuns + (sessionBase ?? 0) / rate;
-  if (partial && partial.segment <= msg.segment) setPartial(null);
+  view.closePartial(msg.segment);
   const text = String(msg.text || "").trim();
   if (!text) return;
   const final = { start: msg.start + offset, end: msg.end + offset, text, segment: msg.segment, session };
-  finals.push(final);
-  const stick = nearBottom();
-  ui.captions.append(el("p", { className: "final", id: lineId(session, msg.segment) },
-    el("time", { className: "stamp", text: hms(final.start), datetime: `PT${final.start.toFixed(2)}S` }), " ",
-    el("span", { className: "text", text })));
-  ui.placeholder.hidden = true;
-  for (const b of [...ui.downloads, ui.clear]) b.disabled = false;
-  if (stick) scrollDown();
+  view.addFinal(final, lineId(session, msg.segment));
   meeting?.finalAdded();
 }
 
-function setPartial(p) {
-  partial = p && p.text ? p : null;
-  const stick = nearBottom();
-  ui.partial.textContent = partial ? partial.text : "";
-  ui.partial.hidden = !partial;
-  if (partial) ui.placeholder.hidden = true;
-  if (stick) scrollDown();
-}
-
 // --- audio ------------------------------------------------------------------------------------------------
-// The AudioContext is made first, synchronously inside the click, so the autoplay policy lets it run even when
-// the permission prompt takes a while. It runs at the device's rate (usually 48 kHz; 44.1 kHz in some
-// set-ups), which the server accepts and resamples to 16 kHz; another rate falls back to a 48 kHz context.
-async function openCapture() {
-  let ctx = new AudioContext({ latencyHint: "interactive" });
-  if (!SERVER_RATES.includes(ctx.sampleRate)) {
-    ctx.close();
-    ctx = new AudioContext({ latencyHint: "interactive", sampleRate: 48000 });
-  }
-  let stream = null;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
-    });
-    await ctx.audioWorklet.addModule("/js/pcm-worklet.js");
-    const source = ctx.createMediaStreamSource(stream);
-    const node = new AudioWorkletNode(ctx, "pcm-capture", {
-      numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
-      processorOptions: { chunk: Math.round(ctx.sampleRate / 10) },
-    });
-    const mute = ctx.createGain();
-    mute.gain.value = 0; // keeps the graph pulled without playing the microphone back
-    source.connect(node).connect(mute).connect(ctx.destination);
-    node.port.onmessage = (event) => onChunk(event.data);
-    for (const track of stream.getAudioTracks()) {
-      track.addEventListener("ended", () => {
-        notify("The microphone went away (unplugged or blocked); captioning stopped.");
-        stop();
-      });
-    }
-    await ctx.resume();
-    return { stream, ctx, source, node, rate: ctx.sampleRate };
-  } catch (err) {
-    stream?.getTracks().forEach((t) => t.stop());
-    ctx.close().catch(() => {});
-    throw err;
-  }
-}
-
 function closeCapture() {
   if (!capture) return;
-  const { stream, ctx, node } = capture;
+  capture.close();
   capture = null;
-  node.port.onmessage = null;
-  node.port.postMessage("stop");
-  stream.getTracks().forEach((t) => t.stop());
-  ctx.close().catch(() => {});
   setLevel(0);
 }
 
@@ -290,23 +239,19 @@ function trimBacklog() {
   while (backlog.length && chunkEnd(backlog[0]) <= oldest) backlog.shift();
 }
 
-let levelShown = 0;
-function setLevel(rms) {
-  // -60 dBFS .. 0 dBFS -> 0 .. 1, falling slowly so the meter stays readable
-  const db = rms > 0 ? 20 * Math.log10(rms) : -100;
-  const value = Math.min(1, Math.max(0, (db + 60) / 60));
-  levelShown = Math.max(value, levelShown * 0.7);
-  ui.level.style.transform = `scaleX(${levelShown.toFixed(3)})`;
-  ui.level.dataset.hot = levelShown > 0.9 ? "1" : "0";
-}
-
 // --- start / stop -----------------------------------------------------------------------------------------
 async function start() {
   ui.toggle.disabled = true;
   hideNotice();
   setState("connecting", "Opening microphone…");
   try {
-    capture = await openCapture();
+    capture = await openCapture({
+      onChunk,
+      onEnded: () => {
+        notify("The microphone went away (unplugged or blocked); captioning stopped.");
+        stop();
+      },
+    });
   } catch (err) {
     capture = null;
     setState("error", "Microphone unavailable");
@@ -361,7 +306,7 @@ function finishStop() {
   live = false;
   backlog = [];
   resumeToken = null;
-  setPartial(null);
+  view.setPartial(null);
   setButton(false);
   setContextLocked(false);
   ui.toggle.disabled = false;
@@ -388,22 +333,6 @@ function setButton(on) {
 
 ui.toggle.addEventListener("click", () => (running ? stop() : start()));
 
-// --- downloads --------------------------------------------------------------------------------------------
-for (const button of ui.downloads) {
-  button.addEventListener("click", () => {
-    const { build, type } = WRITERS[button.dataset.format];
-    const name = `captions${room ? "-" + room : ""}-${fileStamp()}.${button.dataset.format}`;
-    downloadText(name, build(finals), type);
-  });
-}
-ui.clear.addEventListener("click", () => {
-  finals.length = 0;
-  if (!running) earlierRuns = 0;
-  ui.captions.replaceChildren();
-  for (const b of [...ui.downloads, ui.clear]) b.disabled = true;
-  ui.placeholder.hidden = Boolean(partial);
-});
-
 // --- small UI helpers -------------------------------------------------------------------------------------
 const stateLog = []; // recent states, for tests and debugging
 function setState(state, text) {
@@ -422,15 +351,6 @@ function hideNotice() {
   ui.notice.textContent = "";
 }
 
-function nearBottom() {
-  const s = ui.scroll;
-  return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
-}
-
-function scrollDown() {
-  ui.scroll.scrollTop = ui.scroll.scrollHeight;
-}
-
 if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
   notify("The microphone needs a secure page: open this page as http://localhost or over https.");
 }
@@ -438,7 +358,7 @@ if (!window.AudioWorkletNode) notify("This browser has no AudioWorklet: use a cu
 
 // For tests and debugging: a read-only view of the transcript and the stream's counters.
 window.captionsDebug = {
-  finals,
+  finals: view.finals,
   stateLog,
   get state() { return ui.state.dataset.state; },
   get session() { return session; },
