@@ -4,6 +4,10 @@ The OBS overlay on a server with viewer tokens: opened with `?token=VIEWER` it s
 into its room with a speaker token; opened without one, the server refuses it (close 4401), and it says so instead
 of reconnecting forever. A screenshot of the overlay with captions goes to artifacts/browser/overlay-token.png.
 
+The speaker page on the same server, with a clip as its microphone: opened with `?token=SPEAKER` it streams and gets
+the clip's words; opened without one, the server refuses it (close 4401), and it stops and says why, after one
+websocket.
+
 The speaker page names the bundled Whisper model "tiny.en (bundled)", as `ready` and /healthz do, not by its path
 inside site-packages.
 """
@@ -27,6 +31,7 @@ from .support.servers import health, http_base, run_server
 SPEAKER_TOKEN, VIEWER_TOKEN = "overlay-sp3aker", "overlay-v1ewer"
 ROOM = "overlay-token"
 CLIP = "jfk_16k.wav"
+WORDS_END_S = 9.5  # the clip's last words ("... for your country") run to 10.2 s: only its last final ends past this
 
 pytestmark = needs_chromium
 
@@ -43,17 +48,31 @@ def token_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    """Headless chromium; its microphone is a second of silence (the speaker page needs one to start)."""
+    """Headless chromium; its microphone is CLIP then 3 s of silence, looped (the silence closes the clip's window)."""
     from playwright.sync_api import sync_playwright
 
-    mic = tmp_path_factory.mktemp("mic") / "silence.wav"
-    sf.write(mic, np.zeros(RATE, np.float32), RATE, subtype="PCM_16")
+    mic = tmp_path_factory.mktemp("mic") / "clip_then_silence.wav"
+    sf.write(mic, np.concatenate([load_16k(CLIP), np.zeros(3 * RATE, np.float32)]), RATE, subtype="PCM_16")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args(mic))
         try:
             yield browser
         finally:
             browser.close()
+
+
+def tokenless_page(context, errors: list[str], url: str):
+    """A page opened at `url` without a token: the page, its websockets, and the frames the server sent on them."""
+    page = record_errors(context.new_page(), errors, "tokenless")
+    sockets, frames = [], []
+
+    def opened(ws):
+        sockets.append(ws)
+        ws.on("framereceived", lambda payload: frames.append(payload))
+
+    page.on("websocket", opened)
+    page.goto(url)
+    return page, sockets, frames
 
 
 def test_overlay_sends_its_viewer_token(token_url, browser):
@@ -65,15 +84,7 @@ def test_overlay_sends_its_viewer_token(token_url, browser):
     try:
         overlay = record_errors(context.new_page(), errors, "overlay")
         overlay.goto(f"{base}/overlay?room={ROOM}&token={VIEWER_TOKEN}&fade=0&lines=3")
-        tokenless = record_errors(context.new_page(), errors, "tokenless")
-        sockets, frames = [], []  # the tokenless overlay's websockets, and what the server sent on them
-
-        def opened(ws):
-            sockets.append(ws)
-            ws.on("framereceived", lambda payload: frames.append(payload))
-
-        tokenless.on("websocket", opened)
-        tokenless.goto(f"{base}/overlay?room={ROOM}")
+        tokenless, sockets, frames = tokenless_page(context, errors, f"{base}/overlay?room={ROOM}")
 
         expect(overlay.locator("body")).to_have_attribute("data-state", "live", timeout=15_000)
         # Refused for good: the same page would be refused again, so it stops and says why.
@@ -100,6 +111,51 @@ def test_overlay_sends_its_viewer_token(token_url, browser):
     finally:
         context.close()
     assert (ARTIFACTS / "overlay-token.png").stat().st_size > 1000
+    assert not errors, errors
+
+
+def test_speaker_page_sends_its_speaker_token(token_url, browser):
+    from playwright.sync_api import expect
+
+    base = http_base(token_url)
+    errors: list[str] = []
+    context = browser.new_context()
+    try:
+        speaker = record_errors(context.new_page(), errors, "speaker")
+        urls: list[str] = []
+        speaker.on("websocket", lambda ws: urls.append(ws.url))
+        speaker.goto(f"{base}/?token={SPEAKER_TOKEN}")
+        tokenless, sockets, frames = tokenless_page(context, errors, f"{base}/")
+        for page in (speaker, tokenless):
+            page.get_by_role("button", name="Start captioning").click()
+
+        # Refused for good: the same token would be refused again, so the page stops and says why.
+        expect(tokenless.locator("#state")).to_have_attribute("data-state", "error", timeout=15_000)
+        expect(tokenless.locator("#state")).to_contain_text("Needs a speaker token")
+        expect(tokenless.locator("#notice")).to_contain_text("add token=YOUR_TOKEN to this page's address")
+        expect(tokenless.get_by_role("button", name="Start captioning")).to_be_enabled()
+
+        expect(speaker.locator("#state")).to_have_attribute("data-state", "live", timeout=20_000)
+        assert len(urls) == 1 and f"token={SPEAKER_TOKEN}" in urls[0], urls
+        # The clip's first pass, up to its last final (the loop's next pass starts 3 s after the clip's end).
+        speaker.wait_for_function("s => captionsDebug.finals.some(f => f.end >= s)", arg=WORDS_END_S,
+                                  timeout=45_000)
+        finals = speaker.evaluate("captionsDebug.finals")
+        clip_s = len(load_16k(CLIP)) / RATE
+        said = " ".join(f["text"] for f in finals if f["start"] < clip_s)
+        assert heard(CLIP, said, 0.2), said
+        speaker.get_by_role("button", name="Stop captioning").click()
+        expect(speaker.locator("#state")).to_have_attribute("data-state", "stopped", timeout=20_000)
+        # Joining a room through the page's form keeps the token (what the form would submit; not submitted).
+        form = "Object.fromEntries(new FormData(document.getElementById('room-form')))"
+        assert speaker.evaluate(form)["token"] == SPEAKER_TOKEN and "token" not in tokenless.evaluate(form)
+
+        # By now the tokenless page would have had the same captions; it has none, and it never retried.
+        expect(tokenless.locator("#captions .final")).to_have_count(0)
+        assert len(sockets) == 1 and [json.loads(f)["code"] for f in frames] == ["unauthorized"], frames
+        assert "token=" not in sockets[0].url
+    finally:
+        context.close()
     assert not errors, errors
 
 

@@ -15,7 +15,8 @@ export function cleanContext(text) {
 }
 
 /** The token this page was opened with (`?token=T` on its address), or "": the room page and the overlay send it on
- * their watch websocket (watchUrl), the room and speaker pages on the ask API (as a Bearer token). */
+ * their watch websocket (watchUrl), the speaker page on its listen websocket (listenUrl), the room and speaker pages
+ * on the ask API (as a Bearer token). */
 export function pageToken() {
   return new URLSearchParams(location.search).get("token") || "";
 }
@@ -26,13 +27,30 @@ export function watchUrl(room) {
   return wsUrl("/v1/watch", { room, token: pageToken() });
 }
 
-/** Why the server closed a watch websocket for good, or "" when reconnecting may help. A refused token would be
- * refused again, and so would a bad room name (1008, which also drops a viewer too slow to keep up: that one may
- * come back). */
+/** The websocket URL that streams audio, with the page's token: with `auth.speaker_tokens` set the server refuses a
+ * speaker without one (close 4401). */
+export function listenUrl() {
+  return wsUrl("/v1/listen", { token: pageToken() });
+}
+
+/** Why the server closed a watch websocket for good, or "" when reconnecting may help: a refused token, or a bad room
+ * name (1008, which also drops a viewer too slow to keep up: that one may come back). */
 export function watchRefusal(event) {
-  if (event.code === 4401) return "Needs a viewer token: add token=YOUR_TOKEN to this page's address";
-  if (event.code === 4403) return "This token may not watch this room";
+  const refused = tokenRefusal(event, "viewer", "watch this room");
+  if (refused) return refused;
   if (event.code === 1008 && !event.reason.includes("slow")) return `Refused: ${event.reason || "policy violation"}`;
+  return "";
+}
+
+/** Why the server closed a listen websocket for good, or "" when reconnecting may help: a refused token. */
+export function listenRefusal(event) {
+  return tokenRefusal(event, "speaker", "stream audio: that takes a speaker token");
+}
+
+// A refused token would be refused again: none or an unknown one (4401), or one that may not do this (4403).
+function tokenRefusal(event, kind, action) {
+  if (event.code === 4401) return `Needs a ${kind} token: add token=YOUR_TOKEN to this page's address`;
+  if (event.code === 4403) return `This token may not ${action}`;
   return "";
 }
 

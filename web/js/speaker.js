@@ -6,13 +6,15 @@
 // transcript; each final here has the id lineId(session, segment) its citations link to. Without a room the panel
 // stays hidden: a page's own session changes with every Start (and refused resume), so the room is the one stable
 // transcript to ask about. The summary shows from this page's first final on, or once a question is answered.
+// With `?token=T` the page streams with that speaker token (auth.speaker_tokens); a server that refuses the token
+// (close 4401 or 4403) would refuse it again, so the page stops and says why.
 // This module: the page's settings from its address, the stream link (start, resume, resending the backlog) and
 // Start/Stop; the microphone is capture.js, the transcript and its downloads captions-view.js.
 import { lineId, mountMeeting } from "./ask.js";
 import { CaptionsView } from "./captions-view.js";
 import { levelMeter, openCapture } from "./capture.js";
 import {
-  MAX_CONTEXT, ROOM_RE, ReconnectingSocket, cleanContext, showState, wsUrl,
+  MAX_CONTEXT, ROOM_RE, ReconnectingSocket, cleanContext, listenRefusal, listenUrl, pageToken, showState,
 } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -48,10 +50,11 @@ function showContextCount() {
 }
 showContextCount();
 ui.context.addEventListener("input", showContextCount);
-// The room form carries the field along (form="room-form"), so joining a room keeps it; an empty one stays out
-// of the URL.
+// The room form carries the field along (form="room-form"), so joining a room keeps it (an empty one stays out
+// of the URL), and the page's token, so that the page it opens may stream too.
 ui.roomInput.form.addEventListener("formdata", (event) => {
   if (!cleanContext(event.formData.get("context"))) event.formData.delete("context");
+  if (pageToken()) event.formData.set("token", pageToken());
 });
 if (room) {
   ui.roomSummary.textContent = `Room: ${room}` + (speaker ? ` · as ${speaker}` : "");
@@ -90,14 +93,16 @@ let lastSegment = -1; // the current session's last final received: a final sent
 let lastFinalEnd = 0; // its end, in seconds on the session's stream clock
 let resumes = 0; // sessions resumed after a drop (for tests)
 let context = ""; // the names and terms of the current run, fixed at Start: every session's start sends them
+let refusal = ""; // why the server refused this page's token for good (listenRefusal)
 
-const socket = new ReconnectingSocket(() => wsUrl("/v1/listen"), {
+const socket = new ReconnectingSocket(listenUrl, {
   open: (ws) => sendStart(ws, Boolean(resumeToken)),
   message: onMessage,
-  close: () => {
+  close: (event) => {
     live = false;
     view.setPartial(null); // the open window comes back as a final when the session is resumed
-    return running && !stopping;
+    refusal = listenRefusal(event);
+    return running && !stopping && !refusal;
   },
   state: (name, detail) => {
     if (name === "connecting") setState("connecting", detail.attempt ? "Reconnecting…" : "Connecting…");
@@ -264,6 +269,7 @@ async function start() {
   setContextLocked(true);
   running = true;
   stopping = false;
+  refusal = "";
   captured = 0;
   backlog = [];
   sessionBase = null;
@@ -310,7 +316,10 @@ function finishStop() {
   setButton(false);
   setContextLocked(false);
   ui.toggle.disabled = false;
-  if (unexpected) setState("error", "Disconnected");
+  if (refusal) {
+    setState("error", refusal);
+    notify(refusal);
+  } else if (unexpected) setState("error", "Disconnected");
   else setState("stopped", "Stopped");
   if (socket.ws) socket.close(1000, "done");
 }
