@@ -35,6 +35,11 @@ class Start:
     def bytes_per_sample(self) -> int:
         return ENCODINGS[self.encoding]
 
+    @property
+    def bytes_per_second(self) -> int:
+        """Of the client's audio: what rate limits are measured in."""
+        return self.sample_rate * self.bytes_per_sample
+
 
 def new_session_id() -> str:
     return uuid.uuid4().hex[:12]  # matches SESSION_ID

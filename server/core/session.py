@@ -111,7 +111,7 @@ class Session:
     @property
     def bytes_per_second(self) -> int | None:
         """Of the client's audio, once started: what rate limits are measured in."""
-        return self._decoder.start.sample_rate * self._decoder.start.bytes_per_sample if self._decoder else None
+        return self._decoder.start.bytes_per_second if self._decoder else None
 
     async def start(self, start: Start, room: str | None = None) -> None:
         """Begins (or resumes) the stream and answers `ready`; a resumed one then gets the finals it missed.

@@ -6,12 +6,13 @@ import json
 import mimetypes
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from ..config import Config
 from ..streams import auth
+from ..streams.connection import params
 
 CSP = "default-src 'self'; connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
 
@@ -60,8 +61,7 @@ def split_path(request: web.BaseRequest) -> tuple[str, str]:
 
 def viewer_refusal(cfg: Config, request: web.Request) -> web.Response | None:
     """Transcripts and the ask API are for viewers: None if this request's token may read, else its 401/403."""
-    query = {k: v[0] for k, v in parse_qs(request.query_string).items()}
-    verdict = auth.check(cfg.auth, auth.WATCH, auth.token_from(request.headers, query))
+    verdict = auth.check(cfg.auth, auth.WATCH, auth.token_from(request.headers, params(request.query_string)))
     if verdict == auth.OK:
         return None
     status = HTTPStatus.UNAUTHORIZED if verdict == auth.UNAUTHORIZED else HTTPStatus.FORBIDDEN

@@ -12,8 +12,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 from aiohttp import WSMsgType, web
+
+
+def params(query_string: str) -> dict[str, str]:
+    """A URL's query parameters, the first value of each (`room`, `token`, ...)."""
+    return {k: v[0] for k, v in parse_qs(query_string).items()}
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,10 @@ class Connection:
     @property
     def query_string(self) -> str:
         return self.request.raw_path.partition("?")[2]
+
+    @property
+    def params(self) -> dict[str, str]:
+        return params(self.query_string)
 
     @property
     def close_code(self) -> int | None:

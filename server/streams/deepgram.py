@@ -27,7 +27,7 @@ from ..core.requests import MAX_CONTEXT, SAMPLE_RATES, Start, check_room
 from ..core.session import Session
 from . import auth
 from . import protocol as P
-from .connection import Refusal
+from .connection import Refusal, params
 from .policy import Adapter, Stream
 
 # Deepgram's live query parameters (those of its SDKs and docs). Protocol v1 uses only `room` and `token`, which
@@ -154,7 +154,7 @@ def handshake_refusal(cfg: AuthConfig, headers, query_string: str) -> Refusal | 
     """Deepgram refuses at the handshake: 401 for a missing or unknown key, 400 for a query it cannot serve,
     with its JSON error body (and its dg-request-id and dg-error headers). None: go on."""
     query = query_of(query_string)
-    verdict = auth.check(cfg, auth.SPEAK, auth.token_from(headers, {k: v[0] for k, v in query.items()}))
+    verdict = auth.check(cfg, auth.SPEAK, auth.token_from(headers, params(query_string)))
     if verdict == auth.UNAUTHORIZED:
         return refusal(HTTPStatus.UNAUTHORIZED, "INVALID_AUTH", "Invalid credentials.")
     if verdict == auth.FORBIDDEN:
@@ -181,7 +181,6 @@ class Deepgram(Adapter):
     def __init__(self, stream: Stream):
         super().__init__(stream)
         self.options = parse_options(query_of(stream.ws.query_string))  # checked at the handshake already
-        self._bytes_per_second = self.options.start.sample_rate * self.options.start.bytes_per_sample
         self._created = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self._request_id = ""  # our session id, from `ready`
         self._model: dict = {"uuid": "", "info": {}}
@@ -239,7 +238,7 @@ class Deepgram(Adapter):
     def _pieces(self, data: bytes) -> list[bytes]:
         """Deepgram takes frames of any length; the session takes at most 1 s each: longer ones are cut into
         whole seconds (a byte count that is not a whole number of samples is left whole, to be refused)."""
-        second = self._bytes_per_second
+        second = self.options.start.bytes_per_second
         if len(data) <= second or len(data) % self.options.start.bytes_per_sample:
             return [data]
         return [data[i:i + second] for i in range(0, len(data), second)]
@@ -335,7 +334,7 @@ class Deepgram(Adapter):
         }
 
     def _metadata(self) -> dict:
-        bps = self._bytes_per_second
+        bps = self.options.start.bytes_per_second
         return {"type": "Metadata", "transaction_key": "deprecated", "request_id": self._request_id,
                 "sha256": self._sha256.hexdigest(), "created": self._created,
                 "duration": round(self._audio_bytes / bps, 6), "channels": 1,

@@ -13,13 +13,12 @@ Deepgram's and OpenAI's clients expect a bad key refused at the handshake, with 
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import parse_qs
 
 from ..config import AuthConfig
 from . import auth, deepgram, realtime
 from . import protocol as P
 from .admission import admit, client_ip
-from .connection import Connection, Refusal
+from .connection import Connection, Refusal, params
 from .context import StreamContext
 from .policy import Adapter, Stream
 from .v1 import V1
@@ -27,10 +26,6 @@ from .watch import watch
 
 LISTEN_PATH, WATCH_PATH, REALTIME_PATH = "/v1/listen", "/v1/watch", "/v1/realtime"
 STREAM_PATHS = (LISTEN_PATH, WATCH_PATH, REALTIME_PATH)
-
-
-def params(query_string: str) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(query_string).items()}
 
 
 def adapter_for(path: str, query: dict[str, str]) -> Callable[[Stream], Adapter]:
@@ -53,7 +48,7 @@ def handshake_refusal(cfg: AuthConfig, path: str, headers, query_string: str) ->
 
 async def accept(ctx: StreamContext, ws: Connection) -> None:
     """One websocket connection, once upgraded: admitted or refused, then streamed or watched."""
-    query = params(ws.query_string)
+    query = ws.params
     action = auth.WATCH if ws.path == WATCH_PATH else auth.SPEAK
     peer = ws.remote_address[0] if ws.remote_address else "?"
     ip = client_ip(peer, ws.headers, ctx.cfg.server.trusted_proxies)

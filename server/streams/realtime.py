@@ -23,7 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from http import HTTPStatus
-from urllib.parse import parse_qs
 
 from ..config import AuthConfig, SegmenterConfig
 from ..core.errors import BACKEND_ERROR, BACKEND_STALLED, ProtocolError
@@ -31,7 +30,7 @@ from ..core.events import Caption, End, Error, Event, Final, Partial
 from ..core.requests import ROOM_NAME, Start, new_session_id
 from . import auth
 from . import protocol as P
-from .connection import Refusal
+from .connection import Refusal, params
 from .policy import Adapter, Stream
 from .realtime_settings import RealtimeError, Settings, parse_update
 
@@ -53,7 +52,7 @@ def handshake_refusal(cfg: AuthConfig, headers, query_string: str) -> Refusal | 
     """A bad, missing or viewer key is refused at the handshake with OpenAI's HTTP status and JSON error body, so
     that the SDK's connect raises as it does against OpenAI (the websockets client's InvalidStatus, carrying the
     response)."""
-    token = auth.token_from(headers, {k: v[0] for k, v in parse_qs(query_string).items()})
+    token = auth.token_from(headers, params(query_string))
     verdict = auth.check(cfg, auth.SPEAK, token)
     if verdict == auth.OK:
         return None
@@ -88,7 +87,7 @@ class Realtime(Adapter):
 
     def __init__(self, stream: Stream):
         super().__init__(stream)
-        self.query = {k: v[0] for k, v in parse_qs(stream.ws.query_string).items()}
+        self.query = params(stream.ws.query_string)
         self.beta = stream.ws.headers.get("OpenAI-Beta", "").startswith("realtime=v1")
         self.settings = Settings.defaults(stream.cfg.segmenter)
         # Ours from the start (session.created goes out before the Session exists): `sess_ID` names the
