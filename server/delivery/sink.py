@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, TypeVar
 
 from ..core.events import Caption, Event, Final, Partial
 from ..core.state import ResumeState
@@ -22,6 +22,8 @@ from .rooms import Room, Rooms
 from .transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", Partial, Final)
 
 # One event to the client, encoded by its adapter; False once the client's connection is gone.
 Send = Callable[[Event], Awaitable[bool]]
@@ -84,19 +86,19 @@ class OutputSink:
     async def final(self, final: Final, state: ResumeState) -> None:
         """Persist, publish, then send (the order matters: see the module doc). `state`: the session's resume
         state once this final is out, shared with the other replicas."""
-        labelled = dataclasses.replace(final, speaker=self.speaker, session=self.session_id)
+        labelled = self._labelled(final)
         line = transcript_line(labelled)
         if self._store is not None:
             await self._store.save(self.session_id, self.room, line)
-        published = self._publish(final)
+        published = self._publish(labelled)
         if self._replicas is not None:
-            await self._replicas.final(self.session_id, self.room, line, published, state)
+            await self._replicas.final(self.session_id, self.room, line, labelled if published else None, state)
         await self.to_client(final)
 
     async def partial(self, partial: Partial) -> None:
-        published = self._publish(partial)
-        if self._replicas is not None and self._room is not None and isinstance(published, Partial):
-            self._replicas.partial(self._room.name, published)
+        labelled = self._labelled(partial)
+        if self._publish(labelled) and self._replicas is not None and self._room is not None:
+            self._replicas.partial(self._room.name, labelled)
         await self.to_client(partial)
 
     async def to_client(self, event: Event) -> None:
@@ -106,10 +108,13 @@ class OutputSink:
         if self._send is not None and not await self._send(event):
             self.detach()
 
-    def _publish(self, caption: Caption) -> Caption | None:
-        """To this replica's viewers of the room; returns the room's caption (None: not in a room)."""
+    def _labelled(self, caption: C) -> C:
+        """As the room and the transcript keep it: with this session and (in a room) its speaker label."""
+        return dataclasses.replace(caption, speaker=self.speaker, session=self.session_id)
+
+    def _publish(self, labelled: Caption) -> bool:
+        """To this replica's viewers of the room; False: not in a room."""
         if self._room is None:
-            return None
-        published = dataclasses.replace(caption, speaker=self.speaker, session=self.session_id)
-        self._room.publish(published)
-        return published
+            return False
+        self._room.publish(labelled)
+        return True
