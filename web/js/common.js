@@ -66,18 +66,6 @@ export function wsUrl(path, params = {}) {
   return url.href;
 }
 
-/** Seconds -> "hh:mm:ss<sep>mmm" (SRT uses ",", WebVTT "."). */
-export function clock(seconds, sep) {
-  let ms = Math.max(0, Math.round(seconds * 1000));
-  const h = Math.floor(ms / 3600000);
-  ms -= h * 3600000;
-  const m = Math.floor(ms / 60000);
-  ms -= m * 60000;
-  const s = Math.floor(ms / 1000);
-  ms -= s * 1000;
-  return `${pad(h)}:${pad(m)}:${pad(s)}${sep}${String(ms).padStart(3, "0")}`;
-}
-
 /** Seconds -> "hh:mm:ss". */
 export function hms(seconds) {
   const t = Math.max(0, Math.floor(seconds));
@@ -93,41 +81,10 @@ function pad(n) {
   return String(n).padStart(2, "0");
 }
 
-/** Finals with text, one cue each ({start, end, text}); a cue never ends before it starts. */
-export function cues(finals) {
-  const out = [];
-  for (const f of finals) {
-    const text = String(f.text ?? "").split(/\s+/).filter(Boolean).join(" ");
-    if (text) out.push({ start: f.start, end: Math.max(f.end, f.start + 0.001), text });
-  }
-  return out;
-}
-
-export function toSrt(finals) {
-  return cues(finals)
-    .map((c, i) => `${i + 1}\n${clock(c.start, ",")} --> ${clock(c.end, ",")}\n${c.text}\n`)
-    .join("\n");
-}
-
-// WebVTT cue text is markup: "<" opens a tag, "&" a character reference, and "-->" would end the cue.
-function escapeVtt(text) {
-  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
-}
-
-export function toVtt(finals) {
-  const blocks = cues(finals).map((c) => `${clock(c.start, ".")} --> ${clock(c.end, ".")}\n${escapeVtt(c.text)}\n`);
-  return "WEBVTT\n\n" + blocks.join("\n");
-}
-
-export function toTxt(finals) {
-  return cues(finals).map((c) => `${c.text}\n`).join("");
-}
-
-export const WRITERS = {
-  txt: { build: toTxt, type: "text/plain" },
-  srt: { build: toSrt, type: "application/x-subrip" },
-  vtt: { build: toVtt, type: "text/vtt" },
-};
+/** The transcript writers, as the server's caption_formats writes them (cues.js: cues cut at word times, with
+ * voices); the speaker page downloads the server's own exports, and uses these only where it cannot
+ * (transcript-file.js). */
+export { toSrt, toTxt, toVtt } from "./cues.js";
 
 /** Saves `text` as a file through a Blob URL and a download link (a navigation, not a fetch). */
 export function downloadText(filename, text, type) {

@@ -7,9 +7,13 @@
 //   bg        caption box background (default rgba(0,0,0,0.62); "transparent" for none)
 //   position  bottom | top (default bottom)
 //   fade      seconds of silence before the captions fade (default 5; 0 = never)
-//   names     1 = show the speaker's label before their text (default: only when several people speak)
+//   names     1 = show the speaker's label before their text (default: only when several people speak);
+//             0 = never, not even voices' names
 //   token     a viewer token, when the server sets `auth.viewer_tokens`
+// A final whose words carry voices (a stream with `diarize`) is shown as one line per voice, each with the voice's
+// name (in a quieter style than the words); a later final's new name for a voice relabels its lines (voices.js).
 import { ROOM_RE, ReconnectingSocket, el, watchRefusal, watchUrl } from "./common.js";
+import { VoiceBook, voiceRuns } from "./voices.js";
 
 const params = new URLSearchParams(location.search);
 const root = document.documentElement.style;
@@ -30,8 +34,9 @@ setColor("--bg", params.get("bg"));
 body.dataset.position = params.get("position") === "top" ? "top" : "bottom";
 
 const MAX_ENTRIES = 8; // recent captions kept; the box shows only the last `lines` lines of them
-let entries = []; // {key, session, speaker, text, final}
+let entries = []; // {key, session, speaker, text, final, label, voiced}: speaker is the name shown
 const speakersSeen = new Set();
+const voices = new VoiceBook(); // each (session, voice label)'s current name
 let fadeTimer = null;
 let faded = false;
 let refusal = ""; // why the server closed the watch socket for good (watchRefusal)
@@ -77,17 +82,30 @@ function onCaption(msg) {
     entries = []; // after a pause, start a fresh box
     faded = false;
   }
+  if (msg.type === "final") {
+    for (const { session, label, name } of voices.learn(msg)) {
+      for (const e of entries) if (e.session === session && e.label === label) e.speaker = name;
+    }
+  }
   let entry = entries.find((e) => e.key === key);
   if (entry && entry.final) return; // nothing follows a final
   if (!entry) {
     if (!text) return;
     entry = { key, session: msg.session, speaker: msg.speaker || "", text: "", final: false };
     entries.push(entry);
-    if (entries.length > MAX_ENTRIES) entries = entries.slice(-MAX_ENTRIES);
   }
   entry.text = text;
   entry.final = msg.type === "final";
+  const runs = entry.final ? voiceRuns(msg) : null;
   if (!text) entries = entries.filter((e) => e !== entry);
+  else if (runs) {
+    // The window's text becomes one entry per voice (the first keeps the window's key).
+    entries.splice(entries.indexOf(entry), 1, ...runs.map((run, i) => ({
+      key: i ? `${key}#${i}` : key, session: msg.session, speaker: run.voice, label: run.label, voiced: true,
+      text: run.text, final: true,
+    })));
+  }
+  if (entries.length > MAX_ENTRIES) entries = entries.slice(-MAX_ENTRIES);
   render();
   if (text) wake();
 }
@@ -97,9 +115,14 @@ function render() {
   const paragraphs = [];
   let current = null;
   for (const e of entries) {
-    if (!current || (showNames && current.speaker !== e.speaker)) {
-      current = { speaker: e.speaker, node: el("p") };
-      if (showNames && e.speaker) current.node.append(el("span", { className: "who", text: `${e.speaker}: ` }));
+    // A voice's name shows unless names=0; a stream's label as before. A new voice starts a new line.
+    const named = e.voiced ? names !== "0" : showNames;
+    const who = e.voiced || showNames ? e.speaker : "";
+    if (!current || current.who !== who || current.voiced !== Boolean(e.voiced)) {
+      current = { who, voiced: Boolean(e.voiced), node: el("p", { "data-label": e.voiced ? e.label || null : null }) };
+      if (named && e.speaker) {
+        current.node.append(el("span", { className: e.voiced ? "who voice" : "who", text: `${e.speaker}: ` }));
+      }
       paragraphs.push(current);
     } else {
       current.node.append(" ");

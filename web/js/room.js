@@ -4,9 +4,12 @@
 // arrive together (a busy server) still get the times they were spoken at. A backlog final (sent before this
 // page joined) is stamped with its stream time in its speaker's session, under an "earlier" divider.
 // Each final line has the id lineId(session, segment), which the summary's and the answers' citations link to
-// (ask.js: the "This meeting" panel).
+// (ask.js: the "This meeting" panel). A final whose words carry voices (a stream with `diarize`) shows one line per
+// run of the same voice, each with its name and time; when a later final brings a new name for a voice (a rename on
+// the speaker's page), the earlier lines of that voice are relabelled (voices.js).
 import { lineId, mountMeeting } from "./ask.js";
 import { ROOM_RE, ReconnectingSocket, el, hms, showState, wallClock, watchRefusal, watchUrl } from "./common.js";
+import { VoiceBook, relabel, voiceRuns } from "./voices.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -26,6 +29,7 @@ const seen = new Set(); // session:segment of finals shown (a reconnect re-sends
 const partialNodes = new Map(); // session -> {node, segment}
 const speakers = new Set();
 const anchors = new Map(); // session -> estimated wall-clock time (ms) of its stream's time 0
+const voices = new VoiceBook(); // each (session, voice label)'s current name
 let backlogDivider = null;
 let liveDivider = null;
 let joins = 0; // `watching` messages so far: the backlog after a reconnect is news, not history
@@ -84,6 +88,10 @@ function onFinal(msg) {
     partialNodes.delete(msg.session);
   }
   if (msg.speaker) addSpeaker(msg.speaker);
+  const runs = voiceRuns(msg); // null: no voices on its words
+  const renamed = voices.learn(msg);
+  for (const change of renamed) relabel(ui.list, change);
+  if (renamed.length || runs) showSpeakers();
   const text = String(msg.text || "").trim();
   if (seen.has(key) || !text) return;
   seen.add(key);
@@ -98,18 +106,33 @@ function onFinal(msg) {
     liveDivider = el("li", { className: "divider", text: "Live (local time)" });
     ui.list.append(liveDivider);
   }
-  const spoken = anchors.has(msg.session) ? new Date(anchors.get(msg.session) + 1000 * (msg.start || 0)) : new Date();
-  const stamp = earlier ? hms(msg.start || 0) : wallClock(spoken);
-  const item = el("li", { className: "final" + (earlier ? " backlog" : ""), "data-session": msg.session,
-    id: lineId(msg.session, msg.segment) },
-    el("time", { className: "stamp", text: `[${stamp}]` }), " ",
-    el("span", { className: "who", text: `${msg.speaker || "speaker"}:` }), " ",
-    el("span", { className: "text", text }));
+  // A stream time as the line shows it: the local time it was spoken, or for the backlog the stream time itself.
+  const stamp = (t) => `[${earlier ? hms(t) : wallClock(spoken(msg.session, t))}]`;
+  const item = el("li", { className: "final" + (earlier ? " backlog" : "") + (runs ? " voiced" : ""),
+    "data-session": msg.session, id: lineId(msg.session, msg.segment) });
+  if (runs) {
+    // One line per run of a voice: its own time, its name (data-label: relabelled on a rename).
+    for (const run of runs) {
+      item.append(el("span", { className: "run", "data-session": msg.session, "data-label": run.label || null },
+        el("time", { className: "stamp", text: stamp(run.start) }), " ",
+        el("span", { className: "who voice", text: `${run.voice || "speaker"}:` }), " ",
+        el("span", { className: "text", text: run.text })));
+    }
+  } else {
+    item.append(el("time", { className: "stamp", text: stamp(msg.start || 0) }), " ",
+      el("span", { className: "who", text: `${msg.speaker || "speaker"}:` }), " ",
+      el("span", { className: "text", text }));
+  }
   if (earlier && liveDivider) ui.list.insertBefore(item, liveDivider);
   else ui.list.append(item);
   ui.placeholder.hidden = true;
   follow(stick);
   meeting?.finalAdded(msg.backlog ? 100 : undefined); // a backlog comes at once: one refresh when it is in
+}
+
+// When stream time `t` of `session` was spoken, on this computer's clock (now, if the session is not placed yet).
+function spoken(session, t) {
+  return anchors.has(session) ? new Date(anchors.get(session) + 1000 * t) : new Date();
 }
 
 function onPartial(msg) {
@@ -158,7 +181,9 @@ function addSpeaker(name) {
 }
 
 function showSpeakers() {
-  ui.speakers.textContent = speakers.size ? `Speakers: ${[...speakers].join(", ")}` : "Speakers: none yet";
+  const names = voices.allNames();
+  ui.speakers.textContent = (speakers.size ? `Speakers: ${[...speakers].join(", ")}` : "Speakers: none yet") +
+    (names.length ? ` · voices: ${names.join(", ")}` : "");
 }
 
 // Auto-scroll while the reader is at the bottom; otherwise offer a button back to the latest line.

@@ -8,11 +8,14 @@
 // transcript to ask about. The summary shows from this page's first final on, or once a question is answered.
 // With `?token=T` the page streams with that speaker token (auth.speaker_tokens); a server that refuses the token
 // (close 4401 or 4403) would refuse it again, so the page stops and says why.
+// With "Label speakers" (`?diarize=1`) the stream's `start` asks for voice labels (`diarize`): the transcript
+// shows one line per voice, and the Speakers list (speaker-voices.js) renames a voice for the room's viewers.
 // This module: the page's settings from its address, the stream link (start, resume, resending the backlog) and
 // Start/Stop; the microphone is capture.js, the transcript and its downloads captions-view.js.
 import { lineId, mountMeeting } from "./ask.js";
 import { CaptionsView } from "./captions-view.js";
 import { levelMeter, openCapture } from "./capture.js";
+import { VoicesPanel } from "./speaker-voices.js";
 import {
   MAX_CONTEXT, ROOM_RE, ReconnectingSocket, cleanContext, listenRefusal, listenUrl, pageToken, showState,
 } from "./common.js";
@@ -25,6 +28,7 @@ const ui = {
   speakerInput: $("speaker-input"), roomLinks: $("room-links"), roomLink: $("room-link"),
   overlayLink: $("overlay-link"), captions: $("captions"), partial: $("partial"), placeholder: $("placeholder"),
   scroll: $("scroll"), clear: $("clear"), downloads: [...document.querySelectorAll("[data-format]")],
+  diarize: $("diarize"),
 };
 
 const MAX_BACKLOG_S = 30; // audio kept since the last final, to resend after a drop; older chunks are dropped
@@ -44,6 +48,7 @@ ui.roomInput.value = room;
 ui.speakerInput.value = speaker;
 ui.context.maxLength = MAX_CONTEXT;
 ui.context.value = cleanContext(params.get("context"));
+ui.diarize.checked = params.get("diarize") === "1";
 const CONTEXT_NOTE = ui.contextNote.textContent;
 function showContextCount() {
   ui.contextCount.textContent = `${ui.context.value.length}/${MAX_CONTEXT}`;
@@ -55,6 +60,7 @@ ui.context.addEventListener("input", showContextCount);
 ui.roomInput.form.addEventListener("formdata", (event) => {
   if (!cleanContext(event.formData.get("context"))) event.formData.delete("context");
   if (pageToken()) event.formData.set("token", pageToken());
+  if (ui.diarize.checked) event.formData.set("diarize", "1"); // sent even while the box is locked (disabled)
 });
 if (room) {
   ui.roomSummary.textContent = `Room: ${room}` + (speaker ? ` · as ${speaker}` : "");
@@ -74,6 +80,10 @@ const view = new CaptionsView(ui, {
   },
 });
 const setLevel = levelMeter(ui.level);
+const voices = new VoicesPanel({ section: $("voices"), list: $("voice-list"), status: $("rename-status") }, {
+  send: (message) => live && socket.send(JSON.stringify(message)),
+  onRenamed: (id, label, name) => view.rename(id, label, name),
+});
 
 // --- state ------------------------------------------------------------------------------------------------
 let capture = null; // the open microphone: {rate, close()}
@@ -93,6 +103,8 @@ let lastSegment = -1; // the current session's last final received: a final sent
 let lastFinalEnd = 0; // its end, in seconds on the session's stream clock
 let resumes = 0; // sessions resumed after a drop (for tests)
 let context = ""; // the names and terms of the current run, fixed at Start: every session's start sends them
+let diarize = false; // "Label speakers" for the current run, fixed at Start
+let streamSpeaker = null; // this stream's label in its room (from `ready`): the voice of finals without voices
 let refusal = ""; // why the server refused this page's token for good (listenRefusal)
 
 const socket = new ReconnectingSocket(listenUrl, {
@@ -100,6 +112,7 @@ const socket = new ReconnectingSocket(listenUrl, {
   message: onMessage,
   close: (event) => {
     live = false;
+    voices.setLive(false);
     view.setPartial(null); // the open window comes back as a final when the session is resumed
     refusal = listenRefusal(event);
     return running && !stopping && !refusal;
@@ -121,6 +134,7 @@ function sendStart(ws, resume) {
   if (room) start.room = room;
   if (speaker) start.speaker = speaker;
   if (context) start.context = context; // sent again on a reconnect: a new session needs it too
+  if (diarize) start.diarize = true;
   resumeFrom = null;
   if (resume) {
     resumeFrom = uncovered();
@@ -149,6 +163,9 @@ function onMessage(msg, ws) {
         lastFinalEnd = 0;
       }
       resumeToken = msg.resume_token || null;
+      streamSpeaker = msg.speaker ?? null;
+      voices.newSession(session);
+      voices.setLive(true);
       socket.healthy();
       ui.backend.textContent = String(msg.backend ?? "?");
       ui.backend.title = msg.reason || "";
@@ -165,7 +182,11 @@ function onMessage(msg, ws) {
     case "final":
       addFinal(msg);
       break;
+    case "rename":
+      voices.answered(msg);
+      break;
     case "error":
+      if (voices.failed(msg)) break; // the answer to a rename: shown in the Speakers list
       if (!live && resumeFrom !== null && (msg.code === "resume_unknown" || msg.code === "resume_refused")) {
         // The session cannot go on (expired, or the server restarted): a new one, on the same connection.
         resumeToken = null;
@@ -192,8 +213,11 @@ function addFinal(msg) {
   view.closePartial(msg.segment);
   const text = String(msg.text || "").trim();
   if (!text) return;
-  const final = { start: msg.start + offset, end: msg.end + offset, text, segment: msg.segment, session };
+  const words = (msg.words || []).map((w) => ({ ...w, start: w.start + offset, end: w.end + offset }));
+  const final = { start: msg.start + offset, end: msg.end + offset, text, segment: msg.segment, session, offset, words,
+    speaker: msg.speaker ?? streamSpeaker ?? undefined };
   view.addFinal(final, lineId(session, msg.segment));
+  voices.seen(final);
   meeting?.finalAdded();
 }
 
@@ -266,6 +290,7 @@ async function start() {
   }
   rate = capture.rate;
   context = cleanContext(ui.context.value);
+  diarize = ui.diarize.checked;
   setContextLocked(true);
   running = true;
   stopping = false;
@@ -328,6 +353,7 @@ function finishStop() {
 const CONTEXT_PLACEHOLDER = ui.context.placeholder;
 function setContextLocked(locked) {
   ui.context.readOnly = locked;
+  ui.diarize.disabled = locked;
   ui.context.placeholder = locked ? "" : CONTEXT_PLACEHOLDER; // an example is not the context in use
   if (!locked) ui.contextNote.textContent = CONTEXT_NOTE;
   else if (context) ui.contextNote.textContent = "In use while captioning; edit it after you stop.";
@@ -377,4 +403,5 @@ window.captionsDebug = {
   get resumes() { return resumes; },
   get backlogSeconds() { return (captured - uncovered()) / rate; },
   get context() { return context; },
+  get diarize() { return diarize; },
 };
