@@ -12,6 +12,11 @@ max_tokens_per_second of its audio; a window whose context made it loop is decod
 text does not depend on its batch-mates: the decode length limit is the same for every call, and each row is cut
 at its own cap afterwards.
 
+Word timings, for the windows the caller marks `timed` (finals): one CTranslate2 `align` call over all of them, on
+the encoder output and from the tokens that made each window's text: cross-attention alignment as faster-whisper's
+`word_timestamps`, corrected for its lag and snapped to the window's pauses (whisper_words.py says how). Untimed
+windows get `words=None`; a timed window without text gets no words.
+
 The encoder always sees 30 s (3000 frames): on a CPU a 1 s window costs as much to encode as a 10 s one.
 """
 from __future__ import annotations
@@ -25,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import whisper_words
+from .transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,13 @@ class WhisperOptions:
     language: str = "en"  # for multilingual models (English-only .en models ignore it)
     no_speech_threshold: float = 0.6  # with log_prob_threshold: the silence / noise gate
     log_prob_threshold: float = -1.0
+
+
+@dataclass
+class Decoded:
+    ids: list[int]  # the text's tokens (cut at the cap): what the words are aligned from
+    text: str
+    ratio: float  # gzip compression ratio of the whole output, for prompted rows (0 otherwise)
 
 
 def compression_ratio(text: str) -> float:
@@ -131,7 +146,7 @@ class WhisperBackend:
         previous = self._tokenizer.encode(" " + context.strip()) if context and context.strip() else []
         return self._whisper.get_prompt(self._tokenizer, previous, without_timestamps=True)
 
-    def transcribe(self, audios, drafts=None, contexts=None) -> list[str]:
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None) -> list[Transcript]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -140,21 +155,25 @@ class WhisperBackend:
         clips = [np.asarray(a, dtype=np.float32).reshape(-1)[: MAX_AUDIO_S * SAMPLE_RATE] for a in audios]
         caps = [self.max_new_tokens(len(c)) for c in clips]
         features = np.stack([pad_or_trim(self._whisper.feature_extractor(c)) for c in clips])
-        # One encoder call for the whole batch, kept in host memory: decoding picks rows from it.
+        # One encoder call for the whole batch, kept in host memory: decoding and alignment pick rows from it.
         encoded = np.asarray(self._whisper.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
         prompts = [self.prompt(c) for c in (contexts or [None] * len(clips))]
         texts = self._decode(encoded, prompts, caps, range(len(clips)))
         # A context can also start a repetition loop on speech ("Vaxidra, Vaxidra, Vaxidra, ..." seen with a
         # list of rare names): such a window is decoded again without its context.
-        looped = [i for i, (_, ratio) in texts.items() if ratio > LOOP_RATIO]  # (prompted rows only have a ratio)
+        looped = [i for i, d in texts.items() if d.ratio > LOOP_RATIO]  # (prompted rows only have a ratio)
         if looped:
             bare = {i: self.prompt(None) for i in looped}
             texts.update(self._decode(encoded, bare, caps, looped))
-        return [texts[i][0] for i in range(len(clips))]
+        timed = [bool(t) for t in timed] if timed is not None else [False] * len(clips)
+        # Words for the timed windows with text, all in one alignment call, from the tokens of their text.
+        words = whisper_words.align(self._whisper, self._tokenizer, encoded, [
+            (i, texts[i].ids, clips[i]) for i in range(len(clips)) if timed[i] and texts[i].text])
+        return [Transcript(texts[i].text, words.get(i, ()) if timed[i] else None) for i in range(len(clips))]
 
-    def _decode(self, encoded: np.ndarray, prompts, caps, rows) -> dict[int, tuple[str, float]]:
-        """Greedy decoding of `rows` of the encoder output: {row: (text, compression ratio of the whole output)}.
-        One generate per prompt length (CTranslate2 needs every row's <|startoftranscript|> at one position)."""
+    def _decode(self, encoded: np.ndarray, prompts, caps, rows) -> dict[int, Decoded]:
+        """Greedy decoding of `rows` of the encoder output. One generate per prompt length (CTranslate2 needs every
+        row's <|startoftranscript|> at one position)."""
         import ctranslate2
 
         groups: dict[int, list[int]] = {}
@@ -171,8 +190,8 @@ class WhisperBackend:
                 out[i] = self._text(result, caps[i], prompted=length > self._bare)
         return out
 
-    def _text(self, result, cap: int, prompted: bool) -> tuple[str, float]:
-        """(the window's text cut at its cap, the gzip ratio of its whole output if it was prompted, else 0)."""
+    def _text(self, result, cap: int, prompted: bool) -> Decoded:
+        """The window's text cut at its cap, and the gzip ratio of its whole output if it was prompted (else 0)."""
         ids = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
         # CTranslate2's score is the sum of log-probabilities divided by the length (length_penalty 1);
         # faster-whisper's average counts the end-of-text token too.
@@ -183,10 +202,11 @@ class WhisperBackend:
             # that confidence means nothing: on silence the model copies the context, sure of itself (measured:
             # no-speech 0.97, average log-probability -0.12, "Okonkwo, Quetzalcoatl, Quetzalcoatl, ...").
             if prompted or avg_logprob < o.log_prob_threshold:
-                return "", 0.0
+                return Decoded([], "", 0.0)
         # Only a prompted window is decoded again when it loops: the others need no ratio.
         ratio = compression_ratio(self._tokenizer.decode(ids)) if prompted else 0.0
-        return self._tokenizer.decode(ids[:cap]).strip(), ratio
+        text = self._tokenizer.decode(ids[:cap]).strip()
+        return Decoded(ids[:cap] if text else [], text, ratio)
 
     def decode_stats(self) -> None:
         return None
