@@ -51,6 +51,7 @@ class Cue:
     voice: str | None
     lines: list[str]
     source: object = None  # the final's session: cues of one stream never overlap
+    timed: bool = True  # from word times (else from the final's span, shared out by characters)
 
 
 def _ms(seconds) -> int:
@@ -104,7 +105,7 @@ def _chunks(token: Token, width: int) -> list[Token]:
     if len(token.text) <= width:
         return [token]
     pieces = [token.text[i:i + width] for i in range(0, len(token.text), width)]
-    if token.start is None:
+    if token.start is None or token.end is None:
         return [Token(p) for p in pieces]
     span, n = token.end - token.start, len(token.text)
     at = [token.start + span * i * width // n for i in range(len(pieces))] + [token.end]
@@ -115,15 +116,15 @@ def _break_strength(before: Token, after: Token) -> int:
     """How good a place to cut between two words is: a sentence's end, a clause's, a pause (ms between words)."""
     end = before.text.rstrip(CLOSERS)[-1:]
     score = 3 if end and end in SENTENCE_ENDS else 2 if end and end in CLAUSE_ENDS else 0
-    if before.end is not None:
+    if before.end is not None and after.start is not None:
         pause = after.start - before.end
         score += 3 if pause >= 1000 else 1 if pause >= 300 else 0
     return score
 
 
 def _fits(tokens: list[Token], indent: int) -> bool:
-    timed = tokens[0].start is not None
-    if timed and len(tokens) > 1 and tokens[-1].end - tokens[0].start > MAX_CUE_SECONDS * 1000:
+    first, last = tokens[0].start, tokens[-1].end
+    if first is not None and last is not None and len(tokens) > 1 and last - first > MAX_CUE_SECONDS * 1000:
         return False
     return _lines([t.text for t in tokens], indent) is not None
 
@@ -155,11 +156,13 @@ def _final_cues(final: dict) -> list[Cue]:
     for run in runs(final):
         indent = min(len(run.voice) + 2, MAX_INDENT) if run.voice else 0
         tokens = [piece for t in run.tokens for piece in _chunks(t, MAX_CHARS - indent)]
+        timed = all(t.start is not None and t.end is not None for t in tokens)
         for group in cut(tokens, indent):
-            cue = Cue(group[0].start, max(t.end for t in group) if group[0].end is not None else None,
-                      run.voice, _lines([t.text for t in group], indent), final.get("session"))
-            out.append(cue)
-    if out and out[0].start is None:
+            lines = _lines([t.text for t in group], indent) or [" ".join(t.text for t in group)]
+            # untimed tokens: times are set below, from the final's span
+            start, end = (group[0].start or 0, max(t.end or 0 for t in group)) if timed else (0, 0)
+            out.append(Cue(start, end, run.voice, lines, final.get("session"), timed))
+    if out and not out[0].timed:
         # No word times: the final's own span, shared out in proportion to characters (spaces between cues too).
         start = _ms(final["start"])
         end = max(start, _ms(final["end"]))
@@ -174,7 +177,8 @@ def cues(finals: list[dict]) -> list[Cue]:
     """All the finals' cues, in order, settled: a word-timed cue stays up long enough to be read; no cue ends
     before it starts (1 ms at least); no cue overlaps the next cue of its stream (its end is clipped to that
     start, or when both start in the same ms, the next one moves 1 ms later)."""
-    out, previous = [], {}
+    out: list[Cue] = []
+    previous: dict = {}
     for final in finals:
         timed = any(_clean(w.get("word")) for w in final.get("words") or ())
         for cue in _final_cues(final):

@@ -25,6 +25,7 @@ from .httpapi.looplag import LoopLag
 from .httpapi.metrics import Metrics
 from .httpapi.routes import make_app, runner_options
 from .intelligence.service import Intelligence
+from .speakers import Diarizer
 from .streams.context import Live, StreamContext
 from .streams.resume import Resumable
 
@@ -46,7 +47,7 @@ class CaptionServer:
         if cluster is not None:
             rooms.on_forget = cluster.forget_room
         self.streams = StreamContext(cfg, engine, TranscriptStore(_resolve(cfg.server.data_dir)), rooms,
-                                     VadFactory(cfg.segmenter), resumable, cluster, Live())
+                                     VadFactory(cfg.segmenter), resumable, cluster, Live(), Diarizer(cfg.speakers))
         self.web_root = _resolve(cfg.server.web_root)
         self.phase = "serving"  # what shutdown is doing now: said if it passes its deadline
         self.loop_lag = LoopLag()
@@ -118,6 +119,7 @@ class CaptionServer:
         self.loop_lag.stop()
         self.phase = "closing the engine and the backend"
         await self.intelligence.close()
+        await ctx.diarizer.close()
         await ctx.engine.close()
         self.phase = "writing the last transcript lines"
         await asyncio.to_thread(ctx.store.close)

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .backends import BACKENDS
+from .speakers import SpeakerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -143,6 +144,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     intelligence: IntelligenceConfig = field(default_factory=IntelligenceConfig)
+    speakers: SpeakerOptions = field(default_factory=SpeakerOptions)  # live speaker labels (server/speakers/)
 
     def validate(self) -> "Config":
         s = self.segmenter
@@ -170,6 +172,7 @@ class Config:
             ("intelligence", ("llm_timeout_s", "summary_interval_s", "summary_passages", "top_k",
                               "max_concurrent_asks", "max_answer_tokens", "context_tokens", "max_question_chars",
                               "ask_timeout_s")),
+            ("speakers", ("piece_s", "hop_s", "confirm", "max_speakers")),
         ) for key in keys}
         for key, value in positive.items():
             if not value > 0:
@@ -181,6 +184,10 @@ class Config:
         if self.redis.url and not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis.url must be redis://HOST:PORT/DB, rediss://... or unix://PATH, "
                              f"not {self.redis.url!r}")
+        if not 0 < self.speakers.threshold < 1:
+            raise ValueError(f"speakers.threshold must be between 0 and 1, not {self.speakers.threshold!r}")
+        if self.speakers.min_found_s < 0:
+            raise ValueError(f"speakers.min_found_s must be >= 0, not {self.speakers.min_found_s!r}")
         if self.intelligence.mode not in ("auto", "extractive", "generative", "off"):
             raise ValueError(f"intelligence.mode must be auto, extractive, generative or off, "
                              f"not {self.intelligence.mode!r}")

@@ -102,4 +102,4 @@ def test_full_size_builder_with_small_shapes(tmp_path):
     ids = backend.transcribe_ids([clip, clip[:8000]])
     # fixed lengths: EOS is never chosen, each row decodes to its own cap (2 s and 0.5 s at 3 tokens/s)
     assert backend.ignore_eos and [len(row) for row in ids] == [6, 2]
-    assert all(isinstance(t, str) for t in backend.transcribe([clip]))
+    assert all(isinstance(t.text, str) for t in backend.transcribe([clip]))

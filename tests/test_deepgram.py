@@ -10,6 +10,7 @@ import hashlib
 import json
 import urllib.request
 import warnings
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +23,7 @@ from server.config import load_config
 from server.core.requests import MAX_CONTEXT
 from server.streams import deepgram as dg
 
-from .support.audio import RATE, continuous_speech, heard, join_with_silence, load_16k
+from .support.audio import RATE, TURNS, continuous_speech, heard, join_with_silence, load_16k, two_voices, voice_at
 from .support.servers import http_base, room_finals, server_process
 from .support.waits import all_read
 
@@ -179,7 +180,15 @@ async def test_results_match_protocol_v1(server, audio, v1_reference):
     assert text(finals) == v1_reference.text  # the same windows, the same text
     assert [(f.start, round(f.start + f.duration, 6)) for f in finals] == \
            [(f["start"], f["end"]) for f in v1_reference.finals]
-    assert all(f.speech_final and not f.from_finalize and f.channel.alternatives[0].words == [] for f in finals)
+    assert all(f.speech_final and not f.from_finalize for f in finals)
+    for f in finals:  # real words: aligned by Whisper, in order, inside their window, punctuated as the transcript
+        alt = f.channel.alternatives[0]
+        assert " ".join(w.punctuated_word for w in alt.words) == alt.transcript
+        assert all(f.start <= w.start <= w.end <= f.start + f.duration + 1e-6 for w in alt.words)
+        assert all(0 < w.confidence <= 1 and w.word == w.word.lower() for w in alt.words)
+        assert all(getattr(w, "speaker", None) is None for w in alt.words)  # no diarize: no speakers
+        if alt.words:
+            assert alt.confidence == pytest.approx(sum(w.confidence for w in alt.words) / len(alt.words), abs=1e-3)
     # One SpeechStarted per window, at its start; an UtteranceEnd after each final with text.
     assert [s.timestamp for s in got.of("SpeechStarted")] == [f.start for f in finals]
     assert [u.last_word_end for u in got.of("UtteranceEnd")] == [round(f.start + f.duration, 6) for f in finals]
@@ -265,6 +274,28 @@ async def test_deepgram_stream_appears_in_a_room(server):
     final = [m for m in seen if m["type"] == "final"][0]
     assert final["speaker"] == "Deepgram caller" and final["session"] == got.messages[-1].request_id
     assert final["text"] == text(got.finals) and heard("ldc93s1.wav", final["text"], 0.5)
+
+
+async def test_diarize_gives_each_word_its_speaker_as_deepgram_does(server):
+    """`diarize=True` through the SDK: real words (aligned, with confidences), each with Deepgram's speaker integer
+    (0 for the first voice heard) and a speaker_confidence; two people taking turns get two speakers."""
+    audio, turns = two_voices(TURNS[:2])  # the LJ reader, then JFK
+    async with sdk(server).listen.v1.connect(**LINEAR16, diarize=True) as conn:
+        got = Received(conn)
+        await send_audio(conn, audio, speed=8)
+        await conn.send_close_stream()
+        await got.closed()
+    words = [w for f in got.finals for w in f.channel.alternatives[0].words]
+    assert words and all(w.start < w.end and 0 < w.confidence <= 1 and w.punctuated_word for w in words)
+    by_voice: dict[str, Counter] = {}
+    for w in words:
+        assert isinstance(w.speaker, int) and 0 <= w.speaker_confidence <= 1
+        voice = voice_at(turns, (w.start + w.end) / 2)
+        if voice is not None:
+            by_voice.setdefault(voice, Counter())[w.speaker] += 1
+    assert by_voice["lj"].most_common(1)[0][0] == 0 and by_voice["jfk"].most_common(1)[0][0] == 1, by_voice
+    for counts in by_voice.values():
+        assert counts.most_common(1)[0][1] >= 0.9 * sum(counts.values()), by_voice
 
 
 async def refused_at_handshake(url: str, **options) -> dict:

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from server.backends.transcript import Transcript
 from server.config import EngineConfig
 from server.core.engine import BackendError, Engine
 
@@ -25,9 +26,9 @@ class Probe:
     def __init__(self):
         self.order: list = []
 
-    def transcribe(self, audios, drafts=None, contexts=None):
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
         self.order.append([len(a) for a in audios])
-        return [str(len(a)) for a in audios]
+        return [Transcript(str(len(a))) for a in audios]
 
     def close(self):
         pass
@@ -53,7 +54,7 @@ async def test_run_low_order_results_errors_and_close():
     windows = [engine.submit("a", np.zeros(5), final=False), engine.submit("b", np.zeros(6), final=True),
                engine.submit("c", np.zeros(7), final=True)]
     gate.set()
-    assert await asyncio.gather(first, second, *windows) == ["low1", "low2", "5", "6", "7"]
+    assert await asyncio.gather(first, second, *windows) == ["low1", "low2", Transcript("5"), Transcript("6"), Transcript("7")]
     assert probe.order == ["low1", [6, 7], [5], "low2"]  # queued before the windows, low2 still went after them
     assert engine.stats.low_slices == 2 and engine.stats.batches == 2
 

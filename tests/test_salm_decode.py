@@ -77,9 +77,10 @@ def test_accepted_draft_tokens_are_counted(backend, clips):
 
 
 def test_a_text_draft_never_changes_the_text(backend, clips):
-    texts = backend.transcribe(clips)
-    assert backend.transcribe(clips, drafts=texts) == texts
-    assert backend.transcribe(clips, drafts=[None, "", "hello world", texts[3], None, "x" * 500]) == texts
+    texts = [t.text for t in backend.transcribe(clips)]
+    assert [t.text for t in backend.transcribe(clips, drafts=texts)] == texts
+    assert [t.text for t in backend.transcribe(clips, drafts=[None, "", "hello world", texts[3], None, "x" * 500])] \
+        == texts
 
 
 @pytest.mark.parametrize("static_len", [256, 96])  # 96: the long clips do not fit and go the dynamic way
@@ -130,12 +131,12 @@ def test_drafts_that_do_not_pay_are_mostly_left_out(tiny_salm_dir, clips):
     from server.backends.salm import MIN_ACCEPTANCE, PROBE_EVERY
 
     b = SalmBackend(str(tiny_salm_dir), device="cpu", max_tokens_per_second=0.0, min_new_tokens_cap=CAP)
-    texts = b.transcribe(clips[:2])
+    texts = [t.text for t in b.transcribe(clips[:2])]
     junk = ["zq " * 20] * 2  # tokenizes to ids the model never emits here
     drafted = []
     for _ in range(3 * PROBE_EVERY):
         before = b.stats.draft_tokens
-        assert b.transcribe(clips[:2], drafts=junk) == texts
+        assert [t.text for t in b.transcribe(clips[:2], drafts=junk)] == texts
         drafted.append(b.stats.draft_tokens > before)
     assert b._acceptance < MIN_ACCEPTANCE
     first = drafted.index(False)  # drafts at first, until the average fell below MIN_ACCEPTANCE; then probes only

@@ -185,9 +185,9 @@ class Recorded:
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
-    def transcribe(self, audios, drafts=None, contexts=None):
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
         t0 = time.monotonic()
-        texts = self._backend.transcribe(audios, drafts, contexts)
+        texts = self._backend.transcribe(audios, drafts, contexts, timed)
         self.batches.append((t0, time.monotonic(), [len(a) for a in audios]))
         return texts
 

@@ -17,6 +17,13 @@ async def test_jfk_through_tiny_salm_gives_partials_then_finals_in_order(salm_ur
     assert result.finals and all(f["text"] for f in result.finals)
     check_protocol_order(result.messages)
     assert result.finals[-1]["end"] == 11.0
+    # SALM's generate gives no timestamps: each final's words are estimated from its text and audio, and say so.
+    for f in result.finals:
+        words = f["words"]
+        assert " ".join(w["word"] for w in words) == " ".join(f["text"].split())
+        assert all(w["estimated"] and w["probability"] is None for w in words)
+        assert all(f["start"] <= a["start"] < a["end"] <= b["start"] + 1e-6 and b["end"] <= f["end"] + 1e-6
+                   for a, b in zip(words, words[1:]))
     # Each partial after the first, and each final, went in with the window's previous partial as its draft.
     decode = health(salm_url)["decode"]
     assert decode["draft_tokens"] > 0 and 0 < decode["accepted_tokens"] <= decode["draft_tokens"]

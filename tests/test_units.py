@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from caption_formats import to_srt, to_txt, to_vtt
+from server.backends.transcript import Transcript
 from server.config import EngineConfig, load_config
 from server.core import errors as E
 from server.core import requests as Q
@@ -111,13 +112,13 @@ class RecordingBackend:
         self.busy = threading.Event()  # set once a batch is in transcribe()
         self.fail_on = fail_on
 
-    def transcribe(self, audios, drafts=None, contexts=None):
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
         self.busy.set()
         self.gate.wait(5)
         self.batches.append([len(a) for a in audios])
         if self.fail_on in self.batches[-1]:
             raise RuntimeError("boom")
-        return [str(len(a)) for a in audios]
+        return [Transcript(str(len(a))) for a in audios]
 
     def decode_stats(self):
         return None
@@ -145,9 +146,9 @@ async def test_engine_runs_finals_first_and_supersedes_queued_partials():
     fin = [engine.submit(f"f{i}", np.zeros(30 + i), final=True) for i in range(3)]
     backend.gate.set()
     assert await old is None  # superseded by the newer partial of the same session
-    assert [await f for f in fin] == ["30", "31", "32"] and await new == "11" and await other == "20"
+    assert [await f for f in fin] == [Transcript("30"), Transcript("31"), Transcript("32")] and await new == Transcript("11") and await other == Transcript("20")
     assert backend.batches == [[1], [30, 31, 32], [11, 20]]  # finals before partials, at most max_batch
-    assert await blocker == "1"
+    assert await blocker == Transcript("1")
     await engine.close()
 
 
@@ -159,8 +160,8 @@ async def test_engine_fills_a_batch_with_partials_near_the_oldest_in_length():
     futures = {s: engine.submit(s, np.zeros(n), final=False) for s, n in lengths.items()}
     fin = engine.submit("g", np.zeros(99), final=True)
     backend.gate.set()
-    assert {s: await f for s, f in futures.items()} == {s: str(n) for s, n in lengths.items()}
-    assert await fin == "99" and await blocker == "1"
+    assert {s: await f for s, f in futures.items()} == {s: Transcript(str(n)) for s, n in lengths.items()}
+    assert await fin == Transcript("99") and await blocker == Transcript("1")
     # the final fills one slot and the oldest partial (50) two; then the oldest left (10) with its neighbour
     assert backend.batches == [[1], [99, 45, 50], [10, 12, 60], [100]]
     await engine.close()
@@ -187,7 +188,7 @@ async def test_a_scheduling_bug_fails_the_queued_windows_and_the_engine_goes_on(
     with pytest.raises(BackendError, match="could not schedule"):
         await asyncio.wait_for(doomed, 5)
     monkeypatch.setattr(engine, "_take_batch", real)
-    assert await asyncio.wait_for(engine.submit("b", np.zeros(4), final=True), 5) == "4"
+    assert await asyncio.wait_for(engine.submit("b", np.zeros(4), final=True), 5) == Transcript("4")
     await engine.close()
 
 
@@ -199,7 +200,7 @@ class DraftProbe(RecordingBackend):
         self.gate.set()
         self.drafts: list[list[str | None]] = []
 
-    def transcribe(self, audios, drafts=None, contexts=None):
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
         self.drafts.append(drafts)
         return super().transcribe(audios)
 
@@ -229,7 +230,7 @@ async def test_engine_backend_failure_fails_only_that_batch():
     bad, good = engine.submit("a", np.zeros(7), final=True), engine.submit("b", np.zeros(8), final=True)
     with pytest.raises(BackendError, match="boom"):
         await bad
-    assert await good == "8"
+    assert await good == Transcript("8")
     assert engine.stats.failed_windows == 1
     await engine.close()
 
@@ -247,8 +248,8 @@ async def test_engine_reports_each_batch_and_survives_a_failing_observer():
     engine.on_batch = observe
     engine.start()
     t0 = time.monotonic()
-    assert await engine.submit("a", np.zeros(5), final=True) == "5"
-    assert await asyncio.wait_for(engine.submit("b", np.zeros(6), final=False), 10) == "6"  # the engine went on
+    assert await engine.submit("a", np.zeros(5), final=True) == Transcript("5")
+    assert await asyncio.wait_for(engine.submit("b", np.zeros(6), final=False), 10) == Transcript("6")  # the engine went on
     took = time.monotonic() - t0
     assert [[final for final, _ in batch] for batch in seen] == [[True], [False]]
     assert all(0 <= wait <= took for batch in seen for _, wait in batch)  # seconds, each within the test's own
@@ -273,7 +274,7 @@ async def test_a_final_supersedes_the_queued_partial_of_its_session():
     partial = engine.submit("s1", np.zeros(10), final=False)
     final = engine.submit("s1", np.zeros(12), final=True)
     backend.gate.set()
-    assert await partial is None and await final == "12" and await blocker == "1"
+    assert await partial is None and await final == Transcript("12") and await blocker == Transcript("1")
     await engine.close()
 
 

@@ -73,7 +73,7 @@ async def live_level(backend, streams: int, args, source: np.ndarray, device: st
         else:
             outcome = "superseded" if fut.result() is None else "ok"
             if outcome == "ok" and not ev.final:
-                last_text[ev.stream, ev.start] = fut.result()
+                last_text[ev.stream, ev.start] = fut.result().text
         outcomes.append((ev, outcome, now - due, now))
 
     lag = LoopLag(period_s=0.01, keep=1_000_000)  # a blocked event loop shows here

@@ -71,8 +71,8 @@ class Shared:
         self.backend, self.name, self.model, self.reason = backend, backend.name, backend.model, backend.reason
         self.uses_drafts, self.costly_batches = backend.uses_drafts, backend.costly_batches
 
-    def transcribe(self, audios, drafts=None, contexts=None):
-        return self.backend.transcribe(audios, drafts, contexts)
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
+        return self.backend.transcribe(audios, drafts, contexts, timed)
 
     def decode_stats(self):
         return self.backend.decode_stats()

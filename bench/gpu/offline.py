@@ -60,7 +60,7 @@ async def _engine_pass(backend, clips, max_batch: int, max_wait_ms: float) -> tu
     texts = await asyncio.gather(*(engine.submit(f"clip{i}", c, final=True) for i, c in enumerate(clips)))
     wall = time.perf_counter() - t
     await engine.close()
-    if len(texts) != len(clips) or not all(isinstance(x, str) for x in texts):
+    if len(texts) != len(clips) or not all(isinstance(x.text, str) for x in texts):
         raise RuntimeError("the engine did not return one text per clip")
     return wall, {"batches": engine.stats.batches}
 

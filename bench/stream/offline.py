@@ -23,7 +23,7 @@ def offline_transcripts(clips: list[Clip], backend_name: str, model: str, device
                 # Models take at most 30 s (Whisper's window; SALM truncates past ~40 s): a longer clip is read
                 # in consecutive 30 s pieces, as Whisper's own long-form transcription reads it.
                 pieces = [clip.audio[i:i + OFFLINE_PIECE] for i in range(0, len(clip.audio), OFFLINE_PIECE)]
-                texts[clip.name] = " ".join(t for t in backend.transcribe(pieces) if t)
+                texts[clip.name] = " ".join(t.text for t in backend.transcribe(pieces) if t.text)
         return [texts[c.name] for c in clips], ""
     finally:
         backend.close()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import salm, whisper
+from .transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,15 @@ class Backend(Protocol):
         ...
 
     def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
-                   contexts: Sequence[str | None] | None = None) -> list[str]:
-        """One batch, blocking (the engine calls it from its worker thread): the text of each window.
+                   contexts: Sequence[str | None] | None = None,
+                   timed: Sequence[bool] | None = None) -> list[Transcript]:
+        """One batch, blocking (the engine calls it from its worker thread): each window's Transcript.
 
         drafts: the text of each window's previous partial (or None), a hint to decode faster; it never changes
         the result. contexts: each window's stream context (names and terms likely to be said, or None).
-        A window's text never depends on the other windows of its batch."""
+        timed: the windows whose words are wanted with their times (finals); a backend that cannot time words
+        gives its text only (words None), and the session estimates them (core/words.py).
+        A window's transcript never depends on the other windows of its batch."""
         ...
 
     def decode_stats(self) -> dict[str, int] | None:

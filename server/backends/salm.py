@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .transcript import Transcript
+
 if TYPE_CHECKING:
     import torch  # imported when a backend is built (self._torch): every backend module is cheap to import
 
@@ -190,8 +192,10 @@ class SalmBackend:
         return [cut_at_eos(row, self._eos_id, self._pad_id) for row in ids]
 
     def transcribe(self, audios: Sequence[np.ndarray], drafts: Sequence[str | None] | None = None,
-                   contexts: Sequence[str | None] | None = None) -> list[str]:
-        """Text per window; ``drafts`` is the previous partial's text of each window, where there is one."""
+                   contexts: Sequence[str | None] | None = None,
+                   timed: Sequence[bool] | None = None) -> list[Transcript]:
+        """Text per window; ``drafts`` is the previous partial's text of each window, where there is one.
+        ``generate`` gives no word timestamps: words are left to the session to estimate (``timed`` is moot)."""
         tok = self._salm.tokenizer
         draft_ids = [self._draft_ids(d) for d in drafts] if drafts and self._drafts_pay() else None
         texts = []
@@ -201,7 +205,7 @@ class SalmBackend:
             self._recent.move_to_end(texts[-1])
         while len(self._recent) > RECENT_TEXTS:
             self._recent.popitem(last=False)
-        return texts
+        return [Transcript(t) for t in texts]
 
     def _drafts_pay(self) -> bool:
         """Drafts make the prefill longer and only pay when most of their tokens are accepted, as with a trained

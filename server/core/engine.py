@@ -129,7 +129,8 @@ class Engine:
 
     def submit(self, session: str, audio: np.ndarray, final: bool, draft: str | None = None,
                context: str | None = None) -> asyncio.Future:
-        """Queues one window; the future resolves to its text, to None if superseded, or raises BackendError.
+        """Queues one window; the future resolves to its Transcript (a final's with its words timed where the
+        backend can), to None if superseded, or raises BackendError.
         `draft`: the text of this window's previous partial, a hint for backends that take one.
         `context`: the stream's names and terms, which the backend puts in the model's prompt."""
         future = asyncio.get_running_loop().create_future()
@@ -211,14 +212,15 @@ class Engine:
             try:
                 audios, contexts = [r.audio for r in batch], [r.context for r in batch]
                 drafts = [r.draft for r in batch] if self._drafts else None
-                work = await self._in_worker(self.backend.transcribe, audios, drafts, contexts)
+                timed = [r.final for r in batch]  # only finals carry words: a partial is replaced soon anyway
+                work = await self._in_worker(self.backend.transcribe, audios, drafts, contexts, timed)
                 if work is None:
                     log.error("a batch of %d windows ran past %.0f s: backend stalled", len(batch), self._timeout)
                     self._fail(batch, f"the batch ran past {self._timeout:.0f} s")
                     continue
                 texts = work.result()
                 if len(texts) != len(batch):
-                    raise RuntimeError(f"backend returned {len(texts)} texts for {len(batch)} windows")
+                    raise RuntimeError(f"backend returned {len(texts)} transcripts for {len(batch)} windows")
             except Exception as exc:  # noqa: BLE001 - any backend failure must fail only this batch
                 log.exception("backend failed on a batch of %d windows", len(batch))
                 self._fail(batch, f"{type(exc).__name__}: {exc}")

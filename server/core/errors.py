@@ -17,6 +17,7 @@ BACKEND_ERROR = "backend_error"
 RESUME_UNKNOWN = "resume_unknown"
 RESUME_REFUSED = "resume_refused"
 BACKEND_STALLED = "backend_stalled"
+DIARIZE_UNAVAILABLE = "diarize_unavailable"  # speaker labels asked for, but this server cannot give them
 
 
 class ProtocolError(Exception):

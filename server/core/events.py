@@ -7,10 +7,15 @@ fans out the captions. Times are seconds of the stream's own audio (16 kHz sampl
 
 A caption published to a room, kept in a transcript or shared between replicas carries the `speaker` label
 and the `session` it came from; on the speaker's own connection both are left out (None).
+
+A final carries its `words` on the stream's clock (backends/transcript.py): aligned by the backend, or estimated
+(core/words.py); with diarization on, each word has its voice's label and the name shown for it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..backends.transcript import Word
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Final:
     resent: bool = False  # sent again to a resumed client that may have missed it
     speaker: str | None = None
     session: str | None = None
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,15 @@ class Error:
 
 
 @dataclass(frozen=True)
+class Renamed:
+    """A diarized voice's label got a name from the speaker ("Speaker 2" -> "Priya"): the speaker's own answer.
+    Later finals carry the name on that label's words, so viewers and exports show it from then on."""
+
+    speaker: str
+    name: str
+
+
+@dataclass(frozen=True)
 class End:
     """The stream is over; `reason` when the server ended it (shutdown, idle_timeout, session_too_long)."""
 
@@ -70,4 +85,4 @@ class End:
 
 
 Caption = Partial | Final
-Event = Ready | Partial | Final | Error | End
+Event = Ready | Partial | Final | Error | Renamed | End

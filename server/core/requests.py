@@ -8,7 +8,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from .errors import BAD_ROOM, ProtocolError
+from .errors import BAD_MESSAGE, BAD_ROOM, ProtocolError
 
 SAMPLE_RATE = 16000  # the rate every stream is resampled to, and the unit of all timestamps
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -30,6 +30,7 @@ class Start:
     resume: str | None = None  # the id of a dropped session to go on with
     resume_token: str | None = None  # the secret its `ready` carried
     offset: int | None = None  # stream position (16 kHz samples) at which the audio resent now begins
+    diarize: bool | None = None  # label the stream's voices; None: the server's default (speakers.diarize)
 
     @property
     def bytes_per_sample(self) -> int:
@@ -39,6 +40,15 @@ class Start:
     def bytes_per_second(self) -> int:
         """Of the client's audio: what rate limits are measured in."""
         return self.sample_rate * self.bytes_per_sample
+
+
+MAX_NAME = 64  # characters of a speaker's label or a voice's name
+
+
+def check_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= MAX_NAME:
+        raise ProtocolError(BAD_MESSAGE, f"{what} must be a string of 1 to {MAX_NAME} characters")
+    return value.strip()
 
 
 def new_session_id() -> str:

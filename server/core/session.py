@@ -9,6 +9,11 @@ nothing here knows about sockets or wire formats.
 When the client goes away without `stop`, `detach` still turns every open window into a final, which reaches the
 transcript and the room (the sink keeps those without the socket). The session's `state()` is then what a
 reconnecting client needs to resume it (state.py).
+
+A final carries its words on the stream's clock (words.py). With diarization on, the shared diarizer labels them
+with their voices, window by window as finals come, in order: "Speaker 1", "Speaker 2", ... stable for the
+session, and across a resume (the voice profiles and the names the speaker gave go with the resume state). A
+diarizer that fails or is slow costs the labels of that final, never the final.
 """
 from __future__ import annotations
 
@@ -17,17 +22,24 @@ import dataclasses
 import logging
 import secrets
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from ..backends.transcript import Transcript, Word
 from ..config import SegmenterConfig
 from .audio import AudioDecoder
 from .engine import BackendError, Engine
-from .errors import BACKEND_ERROR
-from .events import End, Error, Event, Final, Partial, Ready
+from .errors import BACKEND_ERROR, BAD_MESSAGE, DIARIZE_UNAVAILABLE, ProtocolError
+from .events import End, Error, Event, Final, Partial, Ready, Renamed
 from .requests import SAMPLE_RATE, Start
 from .segmenter import Segmenter, Window
 from .state import RECENT_FINALS, ResumeState
 from .vad import VadFactory
+from .words import estimate, place
+
+if TYPE_CHECKING:
+    from ..speakers import Diarizer, SpeakerTracker
+
+DIARIZE_TIMEOUT_S = 10.0  # a final waits this long at most for its labels, then goes without them
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +82,7 @@ class Sink(Protocol):
 
 class Session:
     def __init__(self, session_id: str, engine: Engine, seg_cfg: SegmenterConfig, vad_factory: VadFactory,
-                 sink: Sink, resumed: ResumeState | None = None):
+                 sink: Sink, resumed: ResumeState | None = None, diarizer: Diarizer | None = None):
         self.id = session_id
         self.token = resumed.token if resumed else secrets.token_urlsafe(24)
         self._engine = engine
@@ -91,6 +103,9 @@ class Session:
         self._covered = resumed.covered if resumed else 0
         self._cut_open = False
         self._cleared_to = 0  # stream sample up to which audio was dropped by `clear`: older partials are stale
+        self._diarizer = diarizer  # shared by the server's sessions; None: this server labels no voices
+        self._voices: SpeakerTracker | None = None  # this stream's voices (speakers/), while it labels them
+        self._names: dict[str, str] = dict(resumed.names) if resumed else {}  # voice label -> name given
         self.ended = False
 
     @property
@@ -119,6 +134,7 @@ class Session:
         r = self._resumed
         room = room or (r.room if r else None)
         self._context = start.context or (r.context if r else None)
+        diarize = start.diarize if start.diarize is not None else (r.diarize if r else False)
         self._decoder = AudioDecoder(start)
         position, segment, in_window = 0, 0, False
         if r is not None:
@@ -132,10 +148,21 @@ class Session:
         if room is not None:
             self.sink.join(room, start.speaker or (r.speaker if r else None) or self.id)
         backend = self._engine.backend
+        unavailable = None
+        if diarize:
+            try:
+                if self._diarizer is None:
+                    raise RuntimeError("this server runs without speaker labels")
+                self._voices = await self._diarizer.tracker(r.voices if r else None)
+            except Exception as exc:  # noqa: BLE001 - no labels is no reason to refuse the stream's captions
+                log.warning("session %s: no speaker labels: %s", self.id, exc)
+                unavailable = Error(DIARIZE_UNAVAILABLE, f"speaker labels are not available: {exc}")
         await self.sink.started(self.state())  # resumable (on any replica) before the client knows it is
         await self.sink.to_client(Ready(self.id, backend.name, backend.model, backend.reason, self.token,
                                         room=self.sink.room, speaker=self.sink.speaker, resumed=r is not None,
                                         position=seconds(position) if r is not None else None))
+        if unavailable is not None:
+            await self.sink.to_client(unavailable)
         if r is not None:
             for final in self._recent:
                 if final.end > seconds(start.offset or 0):
@@ -188,13 +215,29 @@ class Session:
             task.cancel()
         await self._flush()
 
+    async def rename(self, label: str, name: str) -> None:
+        """Gives a voice's label a name, shown on that voice's words from the next final on (the transcript keeps
+        both: each word has its label and the name it was shown with). Raises ProtocolError (bad_message)."""
+        if self._voices is None:
+            raise ProtocolError(BAD_MESSAGE, "this stream labels no voices: start it with \"diarize\": true")
+        if label not in self._voices.labels:
+            raise ProtocolError(BAD_MESSAGE, f"no voice is labelled {label!r} in this stream")
+        self._names[label] = name
+        await self.sink.to_client(Renamed(label, name))
+
     def close(self) -> None:
         """The session is over for good: it leaves its room."""
         self.sink.leave()
 
-    def state(self) -> ResumeState:
-        return ResumeState(self.id, self.token, self.sink.room, self.sink.speaker, self._context,
-                           self._open_segment, self._covered, self._cut_open, list(self._recent))
+    def state(self, next_segment: int | None = None, covered: int | None = None,
+              cut_open: bool | None = None, finals: bool = True) -> ResumeState:
+        """What resumes this session: as it is now, or (the arguments) as it is once a given final is out."""
+        return ResumeState(
+            self.id, self.token, self.sink.room, self.sink.speaker, self._context,
+            self._open_segment if next_segment is None else next_segment,
+            self._covered if covered is None else covered, self._cut_open if cut_open is None else cut_open,
+            list(self._recent) if finals else [], diarize=self._voices is not None,
+            voices=self._voices.to_dict() if self._voices is not None else None, names=dict(self._names))
 
     async def _flush(self) -> None:
         """Every open window becomes a final; returns once all finals are through. A second call (a drop during
@@ -230,9 +273,10 @@ class Session:
 
     async def _send_partial(self, w: Window, future: asyncio.Future) -> None:
         try:
-            text = await future
+            transcript = await future
         except BackendError:
             return  # a partial is advisory: the window's final will report the failure if it persists
+        text = transcript.text if transcript is not None else None
         last_end, last_text = self._last_partial.get(w.segment, (-1, ""))
         if text is None or w.segment < self._open_segment or last_end >= w.end or w.end <= self._cleared_to:
             return  # superseded, its final is already on its way, or its audio was cleared
@@ -245,16 +289,27 @@ class Session:
             w, future = item
             self._last_partial.pop(w.segment, None)
             try:
-                text = await future
+                transcript = await future
             except BackendError as exc:
                 await self.sink.to_client(Error(BACKEND_ERROR, f"segment {w.segment} could not be transcribed: "
                                                                f"{exc}", segment=w.segment))
-                text = ""
-            final = Final(w.segment, seconds(w.start), seconds(w.end), text)
+                transcript = Transcript("", ())
+            words = transcript.words if transcript.words is not None else estimate(transcript.text, w.audio)
+            if self._voices is not None and words:
+                words = await self._label(w, words)
+            final = Final(w.segment, seconds(w.start), seconds(w.end), transcript.text,
+                          words=place(words, seconds(w.start), self._names))
             self._recent.append(final)
             self._covered = w.end
             # What a replica resuming this session needs once the client has this final (finals excluded: they
             # are in the shared transcript): numbering and coverage go on from it.
-            live = ResumeState(self.id, self.token, self.sink.room, self.sink.speaker, self._context,
-                               w.segment + 1, w.end, w.continued)
-            await self.sink.final(final, live)
+            await self.sink.final(final, self.state(w.segment + 1, w.end, w.continued, finals=False))
+
+    async def _label(self, w: Window, words: tuple[Word, ...]) -> tuple[Word, ...]:
+        """The window's words with their voices; unlabelled (and logged) if the diarizer fails or is too slow."""
+        assert self._diarizer is not None and self._voices is not None
+        try:
+            return await asyncio.wait_for(self._diarizer.label(self._voices, w.audio, words), DIARIZE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the final goes out whatever happens to its labels
+            log.warning("session %s: segment %d goes without speaker labels: %r", self.id, w.segment, exc)
+            return words

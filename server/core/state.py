@@ -21,6 +21,9 @@ class ResumeState:
     covered: int = 0  # stream sample (16 kHz) up to which finals cover the audio
     cut_open: bool = False  # the drop cut a window mid-speech: the resumed stream begins inside a window
     finals: list[Final] = field(default_factory=list)  # the most recent finals sent, oldest first
+    diarize: bool = False  # the stream labels its voices
+    voices: dict | None = None  # the diarizer's profiles (speakers/tracker.py to_dict): labels go on the same
+    names: dict[str, str] = field(default_factory=dict)  # voice label -> the name the speaker gave it
 
 
 def tokens_match(expected: str, token: str | None) -> bool:

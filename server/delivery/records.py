@@ -3,19 +3,42 @@ and Redis Streams), room messages between replicas, and protocol v1's `partial` 
 a caption reads the same wherever it was stored or sent:
 
     {"type": "final", "segment": 3, "start": 12.5, "end": 15.2, "text": "...",
-     "speaker": "Ana", "session": "0123456789ab", "time": 1764000000.1}
+     "speaker": "Ana", "session": "0123456789ab", "time": 1764000000.1,
+     "words": [{"word": "Hello", "start": 12.61, "end": 12.9, "probability": 0.93,
+                "speaker": "Speaker 1", "name": "Priya"}, ...]}
 
 `speaker` and `session` are there when known (a room's caption, a transcript line); `resent` only on a final sent
-again to a resumed client; `stable` only on partials; `time` (when it was kept) only in transcripts.
+again to a resumed client; `stable` only on partials; `time` (when it was kept) only in transcripts. `words` on
+every final (empty when it has no text); a word's `estimated` only when its times were derived, not aligned, and
+its `speaker` (the voice's stable label) and `name` (shown for that label then) only with diarization on. Records
+kept before words existed have no `words` and read as finals without words.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 
+from ..backends.transcript import Word
 from ..core.events import Caption, Final, Partial
 
 _OPTIONAL = ("speaker", "session")
+
+
+def word_record(word: Word) -> dict:
+    rec: dict = {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3),
+                 "probability": None if word.probability is None else round(word.probability, 3)}
+    if word.estimated:
+        rec["estimated"] = True
+    if word.speaker is not None:
+        rec.update(speaker=word.speaker, name=word.name or word.speaker)
+        if word.speaker_confidence is not None:
+            rec["speaker_confidence"] = round(word.speaker_confidence, 3)
+    return rec
+
+
+def word_from_record(rec: dict) -> Word:
+    names = {f.name for f in dataclasses.fields(Word)}
+    return Word(**{k: v for k, v in rec.items() if k in names})
 
 
 def caption_record(caption: Caption) -> dict:
@@ -27,6 +50,8 @@ def caption_record(caption: Caption) -> dict:
     elif caption.resent:
         rec["resent"] = True
     rec.update({name: getattr(caption, name) for name in _OPTIONAL if getattr(caption, name) is not None})
+    if isinstance(caption, Final):
+        rec["words"] = [word_record(w) for w in caption.words]
     return rec
 
 
@@ -39,4 +64,22 @@ def caption_from_record(rec: dict) -> Caption:
     """The caption a record describes; fields it does not know (time, backlog) are ignored."""
     cls = Partial if rec.get("type") == "partial" else Final
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in rec.items() if k in names})
+    fields = {k: v for k, v in rec.items() if k in names}
+    if cls is Final:
+        fields["words"] = tuple(word_from_record(w) for w in rec.get("words") or ())
+    return cls(**fields)
+
+
+def voice_runs(rec: dict) -> list[tuple[str | None, str]]:
+    """A final record's text as (voice, text) runs: a new run at each change of voice among its words (a word's
+    `name`, else the final's `speaker`). Without diarized words: one run, the final's speaker and its text."""
+    words = [w for w in rec.get("words") or () if w.get("word")]
+    if not any(w.get("name") for w in words):
+        return [(rec.get("speaker") or None, " ".join(str(rec.get("text") or "").split()))]
+    runs: list[tuple[str | None, list[str]]] = []
+    for w in words:
+        voice = w.get("name") or rec.get("speaker") or None
+        if not runs or runs[-1][0] != voice:
+            runs.append((voice, []))
+        runs[-1][1].append(w["word"])
+    return [(voice, " ".join(words)) for voice, words in runs]

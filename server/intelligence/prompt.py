@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from ..delivery.records import voice_runs
+
 __all__ = ["ask_messages", "summary_messages", "render_line", "parse_citations", "TEMPLATE_OVERHEAD"]
 
 # Chat-template tokens around the two messages (ChatML: <|im_start|>role\n ... <|im_end|>\n, the assistant header
@@ -43,11 +45,10 @@ CountTokens = Callable[[str], int]
 
 
 def render_line(line: dict) -> str:
-    """``[12.3s S1#4] Alice: text``: start time, session#segment, the speaker where known, the text on one line."""
-    text = " ".join(str(line.get("text") or "").split())
-    speaker = " ".join(str(line.get("speaker") or "").split())
-    who = f"{speaker}: " if speaker else ""
-    return f"[{float(line.get('start') or 0.0):.1f}s {line.get('session') or ''}#{line['segment']}] {who}{text}"
+    """``[12.3s S1#4] Alice: text``: start time, session#segment, the speaker where known, the text on one line;
+    a line with two labelled voices names each where it begins (``Priya: ... Speaker 2: ...``)."""
+    said = " ".join(f"{' '.join(voice.split())}: {text}" if voice else text for voice, text in voice_runs(line))
+    return f"[{float(line.get('start') or 0.0):.1f}s {line.get('session') or ''}#{line['segment']}] {said}"
 
 
 _CITATION = re.compile(r"\[(?:\d+(?:\.\d+)?s )?([^\s#\[\]]*)#(\d+)\]")

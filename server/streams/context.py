@@ -18,6 +18,7 @@ from ..core.session import Session
 from ..core.vad import VadFactory
 from ..delivery.rooms import Rooms
 from ..delivery.transcripts import TranscriptStore
+from ..speakers import Diarizer
 from .connection import Connection
 from .resume import Resumable
 
@@ -80,3 +81,4 @@ class StreamContext:
     resumable: Resumable
     cluster: Cluster | None  # with redis.url: shared with the other replicas
     live: Live
+    diarizer: Diarizer  # labels voices for the streams that ask (its model loads on the first that does)

@@ -20,9 +20,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
+from ..backends.transcript import Word
 from ..config import AuthConfig, SegmenterConfig
 from ..core.errors import BAD_JSON, BAD_MESSAGE, UNKNOWN_TYPE, ProtocolError
-from ..core.events import Caption, End, Error, Event, Final, Ready
+from ..core.events import Caption, End, Error, Event, Final, Ready, Renamed
 from ..core.requests import MAX_CONTEXT, SAMPLE_RATES, Start, check_room
 from ..core.session import Session
 from . import auth
@@ -70,7 +71,7 @@ def query_of(query_string: str) -> dict[str, list[str]]:
 
 def parse_options(query: dict[str, list[str]]) -> Options:
     """The stream's settings; raises BadRequest. Parameters not read here (punctuate, smart_format, model,
-    language, diarize, ...) are accepted and have no effect (docs/protocol.md says why)."""
+    language, ...) are accepted and have no effect (docs/protocol.md says why)."""
     def last(name: str) -> str | None:
         values = query.get(name)
         return values[-1] if values else None
@@ -89,8 +90,11 @@ def parse_options(query: dict[str, list[str]]) -> Options:
                          f"{', '.join(map(str, SAMPLE_RATES))}")
     if _integer("channels", last("channels")) not in (None, 1):
         raise BadRequest("only mono audio (channels=1) is supported by this server")
+    # diarize_model (v1, latest) turns diarization on too, as Deepgram documents; which model is ours to pick.
+    diarize = last("diarize") or ("true" if last("diarize_model") else None)
     start = Start(sample_rate=rate_value, encoding="pcm_s16le", channels=1, room=_room(last("room")),
-                    speaker=_speaker(last("speaker")), context=context_of(query))
+                  speaker=_speaker(last("speaker")), context=context_of(query),
+                  diarize=None if diarize is None else _flag("diarize", diarize))
     endpointing = last("endpointing")
     return Options(
         start=start,
@@ -280,6 +284,8 @@ class Deepgram(Adapter):
             return [self.error_frame(event.code, event.message)]
         if isinstance(event, End):
             return [P.dump(self._metadata())]
+        if isinstance(event, Renamed):
+            return []  # a Deepgram client cannot rename voices: never sent one
         return [P.dump(m) for m in self._caption(event)]
 
     def error_frame(self, code: str, message: str) -> str:
@@ -317,6 +323,7 @@ class Deepgram(Adapter):
 
     def _results(self, caption: Caption, final: bool) -> dict:
         segment, text = caption.segment, caption.text
+        words = caption.words if isinstance(caption, Final) else ()  # interim results carry no words
         from_finalize = final and segment in self._from_finalize
         self._from_finalize.discard(segment)
         flushed = from_finalize or (self._closing_from is not None and segment >= self._closing_from)
@@ -326,9 +333,8 @@ class Deepgram(Adapter):
             "is_final": final,
             "speech_final": final and not flushed,  # a final is a window the VAD closed, unless a flush did
             "from_finalize": from_finalize,
-            # Our backends give neither word timings nor confidences: words stay empty, confidence is 1.0 for
-            # any text (0.0 for none), so that clients filtering on confidence keep our results.
-            "channel": {"alternatives": [{"transcript": text, "confidence": 1.0 if text else 0.0, "words": []}]},
+            "channel": {"alternatives": [{"transcript": text, "confidence": _confidence(caption),
+                                          "words": [deepgram_word(w) for w in words]}]},
             "metadata": {"request_id": self._request_id, "model_info": self._model["info"],
                          "model_uuid": self._model["uuid"]},
         }
@@ -339,6 +345,33 @@ class Deepgram(Adapter):
                 "sha256": self._sha256.hexdigest(), "created": self._created,
                 "duration": round(self._audio_bytes / bps, 6), "channels": 1,
                 "models": [self._model["uuid"]], "model_info": {self._model["uuid"]: self._model["info"]}}
+
+
+def deepgram_word(word: Word) -> dict:
+    """A word as Deepgram sends it: `word` bare and lower case, `punctuated_word` as written; with diarization,
+    `speaker` an integer from 0 ("Speaker 1" is 0) and `speaker_confidence`."""
+    bare = "".join(c for c in word.word if c.isalnum() or c in "'-").lower() or word.word.lower()
+    out: dict = {"word": bare, "start": word.start, "end": word.end,
+                 "confidence": 1.0 if word.probability is None else word.probability, "punctuated_word": word.word}
+    if word.speaker is not None:
+        out["speaker"] = speaker_number(word.speaker)
+        out["speaker_confidence"] = 1.0 if word.speaker_confidence is None else word.speaker_confidence
+    return out
+
+
+def speaker_number(label: str) -> int:
+    """Deepgram's speaker integer for one of our labels: "Speaker 1" -> 0."""
+    return int(label.rsplit(" ", 1)[-1]) - 1
+
+
+def _confidence(caption: Caption) -> float:
+    """The mean of the words' probabilities, as a transcript's confidence; where they are not known (interim
+    results, estimated words) 1.0 for any text and 0.0 for none, so that clients filtering on it keep our
+    results."""
+    known = [w.probability for w in caption.words if w.probability is not None] if isinstance(caption, Final) else []
+    if known:
+        return round(sum(known) / len(known), 4)
+    return 1.0 if caption.text else 0.0
 
 
 def _control(text: str) -> dict:

@@ -12,6 +12,7 @@ only through `Stream`'s public methods: `start`, `send`, `session`, and what the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -105,8 +106,10 @@ class Stream:
         session_id = resumed.session if resumed else session_id or new_session_id()
         ctx = self._ctx
         sink = OutputSink(session_id, ctx.store, self._deliver, ctx.rooms, ctx.cluster)
+        if start.diarize is None and resumed is None:
+            start = dataclasses.replace(start, diarize=ctx.cfg.speakers.diarize)  # the server's default
         self.session = Session(session_id, ctx.engine, self.adapter.segmenter_config(), ctx.vad_factory, sink,
-                               resumed)
+                               resumed, ctx.diarizer)
         ctx.live.add_stream(session_id, self)
         log.info("session %s %s from %s", session_id, "resumed" if resumed else "opened", self.ws.remote_address)
         await self.session.start(start, room)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from ..core.errors import (BAD_JSON, BAD_MESSAGE, RESUME_REFUSED, UNKNOWN_TYPE, UNSUPPORTED_CHANNELS,
                            UNSUPPORTED_ENCODING, UNSUPPORTED_SAMPLE_RATE, ProtocolError)
-from ..core.events import Caption, End, Error, Event, Ready
-from ..core.requests import ENCODINGS, MAX_CONTEXT, SAMPLE_RATE, SAMPLE_RATES, SESSION_ID, Start, check_room
+from ..core.events import Caption, End, Error, Event, Ready, Renamed
+from ..core.requests import (ENCODINGS, MAX_CONTEXT, SAMPLE_RATE, SAMPLE_RATES, SESSION_ID, Start, check_name,
+                             check_room)
 from ..delivery.records import caption_record
 
 PROTOCOL_VERSION = 1
@@ -34,7 +35,15 @@ class Ping:
     pass
 
 
-ClientMessage = Start | Finalize | Stop | Ping
+@dataclass(frozen=True)
+class Rename:
+    """Gives a diarized voice's label ("Speaker 2") a name ("Priya"), shown on captions from then on."""
+
+    speaker: str
+    name: str
+
+
+ClientMessage = Start | Finalize | Stop | Ping | Rename
 
 
 def load_object(text: str) -> dict:
@@ -62,6 +71,8 @@ def parse_client_text(text: str) -> ClientMessage:
         return Stop()
     if kind == "ping":
         return Ping()
+    if kind == "rename":
+        return Rename(check_name(msg.get("speaker"), "speaker"), check_name(msg.get("name"), "name"))
     if not isinstance(kind, str):
         raise ProtocolError(BAD_MESSAGE, 'a message needs a string "type"')
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
@@ -87,6 +98,9 @@ def _parse_start(msg: dict) -> Start:
     speaker = msg.get("speaker")
     if speaker is not None and (not isinstance(speaker, str) or not 0 < len(speaker) <= 64):
         raise ProtocolError(BAD_MESSAGE, "speaker must be a string of 1 to 64 characters")
+    diarize = msg.get("diarize")
+    if diarize is not None and not isinstance(diarize, bool):
+        raise ProtocolError(BAD_MESSAGE, "diarize must be true or false")
     context = msg.get("context")
     if context is not None and (not isinstance(context, str) or len(context) > MAX_CONTEXT):
         raise ProtocolError(BAD_MESSAGE, f"context must be a string of at most {MAX_CONTEXT} characters")
@@ -101,7 +115,7 @@ def _parse_start(msg: dict) -> Start:
                                              "samples, >= 0) at which the resent audio begins")
     return Start(sample_rate=int(rate), encoding=encoding, channels=1, room=room, speaker=speaker,
                  context=(context.strip() or None) if context else None, resume=resume,
-                 resume_token=token if resume else None, offset=offset if resume else None)
+                 resume_token=token if resume else None, offset=offset if resume else None, diarize=diarize)
 
 
 def dump(msg: dict) -> str:
@@ -124,6 +138,8 @@ def encode(event: Event) -> dict:
                              **({"segment": event.segment} if event.segment is not None else {}))
     if isinstance(event, End):
         return {"type": "end", **({"reason": event.reason} if event.reason else {})}
+    if isinstance(event, Renamed):
+        return {"type": "rename", "speaker": event.speaker, "name": event.name}
     return caption_record(event)
 
 

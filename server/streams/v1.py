@@ -1,6 +1,6 @@
 """`/v1/listen`: our own protocol (v1, docs/protocol.md) over one websocket, adapted onto a Session.
 
-Text frames are JSON messages (start, finalize, stop, ping: protocol.py parses them), binary frames are audio;
+Text frames are JSON messages (start, finalize, stop, ping, rename: protocol.py parses them), binary frames are audio;
 the session's events go out as JSON (protocol.encode). A v1 session can be resumed after a drop. Everything
 about the connection itself (limits, drops, resuming) is the shared policy's (policy.py).
 """
@@ -31,6 +31,8 @@ class V1(Adapter):
                 session.finalize()
             elif isinstance(msg, P.Stop):
                 await session.stop()
+            elif isinstance(msg, P.Rename):
+                await session.rename(msg.speaker, msg.name)
         except ProtocolError as exc:
             await self.stream.send(P.error(exc.code, exc.message))
 

@@ -69,3 +69,17 @@ def heard(name: str, text: str, bound: float) -> bool:
     if name == "uberi_one_two_three.wav":
         return "".join(c for c in text if c.isdigit()) == "123"
     return wer(transcript(name), text) <= bound
+
+
+# Two people taking turns: the LJ Speech reader, JFK, then the LJ reader again (clip, its voice, the pause after).
+TURNS = [("lj001_0001.wav", "lj", 1.0), ("jfk_16k.wav", "jfk", 1.0), ("lj001_0005.wav", "lj", 1.0)]
+
+
+def two_voices(turns=TURNS) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """Real speech of two voices in turns; returns the audio and each turn's (start, end, voice) in seconds."""
+    audio, spans = join_with_silence([name for name, _, _ in turns], [gap for _, _, gap in turns])
+    return audio, [(start, end, voice) for (start, end), (_, voice, _) in zip(spans, turns)]
+
+
+def voice_at(turns: list[tuple[float, float, str]], t: float) -> str | None:
+    return next((voice for start, end, voice in turns if start <= t < end), None)

@@ -60,13 +60,13 @@ class FaultyBackend:
         self.calls = 0
         self.fail, self.hang, self.hang_s = set(fail), set(hang), hang_s
 
-    def transcribe(self, audios, drafts=None, contexts=None):
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
         self.calls += 1
         if self.calls in self.fail:
             raise RuntimeError("injected fault")
         if self.calls in self.hang:
             time.sleep(self.hang_s)  # the stall under test: a backend call that does not return
-        return self.inner.transcribe(audios, drafts, contexts)
+        return self.inner.transcribe(audios, drafts, contexts, timed)
 
     def decode_stats(self):
         return None
