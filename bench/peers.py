@@ -1,6 +1,7 @@
 """`python -m bench.peers`: the same meeting-like audio through peer live-captioning servers and through ours.
 
     python -m bench.peers [--servers ours,whisperlive-batch,whisperlive,whisperlivekit] [--streams 1,2,4,8,16]
+    python -m bench.peers --servers ours,ours-diarize --streams 8   # the cost of live speaker labels
                           [--seconds 60] [--our-backend whisper] [--drain 60] [--json OUT.json] [--tiny]
 
 Audio: the manifest's clips (../shared/audio/MANIFEST.tsv), each trimmed of its own leading and trailing silence,
@@ -49,8 +50,10 @@ MANIFEST = ROOT.parent / "shared" / "audio" / "MANIFEST.tsv"
 PAUSE_S = 1.5
 P95_TARGET_S = 3.0
 SERVERS = ("ours", "whisperlive-batch", "whisperlive", "whisperlivekit")
-PROTOCOL = {"ours": "ours", "whisperlive-batch": "whisperlive", "whisperlive": "whisperlive",
-            "whisperlivekit": "whisperlivekit"}
+# Ours again with every stream's speaker labels on (speakers.diarize): not in the default list, asked for by name.
+VARIANTS = {"ours-diarize": ["speakers.diarize=true"]}
+PROTOCOL = {"ours": "ours", "ours-diarize": "ours", "whisperlive-batch": "whisperlive",
+            "whisperlive": "whisperlive", "whisperlivekit": "whisperlivekit"}
 WARMUP_S = 4.0
 RUN_KEYS = ("server", "streams", "status", "wer", "final_latency_p50", "final_latency_p95",
             "final_latency_p95_but_last", "finals", "partials",
@@ -141,8 +144,8 @@ def summarize(server: str, streams: int, runs: list[StreamRun], reference: str, 
 
 
 def start_server(server: str, args: argparse.Namespace, log_path: Path, warmup_file: str):
-    if server == "ours":
-        return start_ours(args.our_backend, log_path, args.our_set)
+    if PROTOCOL[server] == "ours":
+        return start_ours(args.our_backend, log_path, [*args.our_set, *VARIANTS.get(server, [])])
     if server in ("whisperlive-batch", "whisperlive"):
         return start_whisperlive(args.model_dir, server == "whisperlive-batch", log_path)
     if server == "whisperlivekit":
@@ -259,8 +262,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.servers = [s for s in (args.servers or ("ours" if args.tiny else ",".join(SERVERS))).split(",") if s]
     for s in args.servers:
-        if s not in SERVERS:
-            p.error(f"unknown server {s!r}; choose from {', '.join(SERVERS)}")
+        if s not in PROTOCOL:
+            p.error(f"unknown server {s!r}; choose from {', '.join(PROTOCOL)}")
     args.streams = sorted({int(n) for n in (args.streams or ("1,2" if args.tiny else "1,2,4,8,16")).split(",")})
     if not args.streams or min(args.streams) < 1:
         p.error("--streams must be positive integers")
@@ -280,7 +283,7 @@ def main(argv=None) -> int:
     clips = read_manifest(args.manifest)
     audio, reference, names = meeting_audio(clips, args.seconds)
     warmup = trim(clips[0].clean)[:int(WARMUP_S * RATE)]
-    if any(s != "ours" for s in args.servers) and not args.model_dir:
+    if any(PROTOCOL[s] != "ours" for s in args.servers) and not args.model_dir:
         args.model_dir = default_model_dir()
     logs = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     warmup_file = str(logs / "warmup.wav")

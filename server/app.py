@@ -64,6 +64,13 @@ class CaptionServer:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(_resolve(s.certfile), _resolve(s.keyfile))
         ctx.engine.start()
+        if self.cfg.speakers.diarize:
+            # Every stream labels voices: load the voice encoder now. Loaded by the first stream that asks instead,
+            # its import (torch) holds the interpreter for a few hundred ms, and every stream's captions wait.
+            try:
+                await ctx.diarizer.load()
+            except RuntimeError as exc:
+                log.error("speaker labels are not available: %s", exc)
         self.loop_lag.start()
         await self.intelligence.start()
         if ctx.cluster is not None:

@@ -49,6 +49,24 @@ async def test_a_dead_owners_live_record_is_claimed_with_its_numbering(redis_url
     await link.close()
 
 
+async def test_a_sessions_voices_and_names_go_with_its_record(redis_url):
+    """Speaker labels survive a handover: the taker gets the voice profiles (exactly, as JSON floats) and the names
+    given to them, so the same voice keeps its label on the new replica."""
+    import numpy as np
+
+    from server.speakers import SpeakerTracker
+
+    rng = np.random.default_rng(7)
+    voices = {"speakers": [{"label": f"Speaker {i}", "sum": rng.normal(size=256).tolist(), "count": 3 + i}
+                           for i in (1, 2)], "next_number": 3, "pending": []}
+    link, taker = await handover(redis_url, "b")
+    await put(link, "a", HELD, "s5", diarize=True, voices=voices, names={"Speaker 2": "Priya"})
+    _, state = await taker.take("s5", "tok", release=None, known_here=lambda s: False)
+    assert state.diarize and state.names == {"Speaker 2": "Priya"} and state.voices == voices
+    assert SpeakerTracker.from_dict(state.voices).to_dict() == voices  # what the new session goes on from
+    await link.close()
+
+
 async def test_its_own_record_after_a_restart_under_the_same_name_is_claimed_not_waited_for(redis_url):
     link, me = await handover(redis_url, "a")
     await link.client.set(KEYS.alive("a"), "1")  # alive: it is this very replica
