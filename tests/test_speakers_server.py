@@ -9,13 +9,14 @@ import json
 import urllib.request
 from collections import Counter
 
+import numpy as np
 import srt
 import webvtt
 from websockets.asyncio.client import connect
 
 from client.stream import encode
 
-from .support.audio import RATE, TURNS, two_voices, voice_at
+from .support.audio import RATE, TURNS, heard, load_16k, trim_silence, two_voices, voice_at
 from .support.servers import http_base, watch_url
 from .support.v1 import collect_until, read_all_sent, recv
 
@@ -173,3 +174,51 @@ async def test_a_resumed_session_keeps_its_voices(cpu_url):
     assert majority(before["lj"])[0] == "Speaker 1" and majority(before["jfk"])[0] == "Speaker 2", before
     label, share = majority(after["lj"])
     assert label == "Speaker 1" and share >= 0.9, after  # the same voice after the resume: its old label
+
+
+async def test_music_noise_a_beep_a_short_yes_and_overlap_harm_nothing(cpu_url):
+    """A diarized stream of things that are not one clear voice: each window still gets its final, none of the
+    non-speech or too-short windows founds a voice, and a plain stream beside it gets its captions as usual.
+    Bad requests get bad_message and the streams go on."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(1.5 * RATE)) / RATE
+    music = 0.08 * sum(np.sin(2 * np.pi * f * t) for f in (262, 330, 392)) * (0.6 + 0.4 * np.sin(4 * np.pi * t))
+    noise = 0.05 * rng.standard_normal(len(t))
+    beep = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(RATE // 2) / RATE)
+    yes = trim_silence(load_16k("uberi_one_two_three.wav"))[:int(0.4 * RATE)]
+    both = (trim_silence(load_16k("lj001_0001.wav"))[:5 * RATE] + trim_silence(load_16k("jfk_16k.wav"))[:5 * RATE]) / 2
+    gap = np.zeros(RATE, np.float32)
+    parts = [music, gap, noise, gap, beep, gap, yes, gap]
+    before_overlap = sum(len(p) for p in parts) / RATE
+    audio = np.concatenate([*parts, both, gap]).astype(np.float32)
+
+    async def diarized() -> list[dict]:
+        got: list[dict] = []
+        async with connect(cpu_url) as ws:
+            await ws.send(json.dumps({"type": "start", "diarize": "yes"}))
+            assert (await recv(ws))["code"] == "bad_message"
+            await ws.send(json.dumps({"type": "start", "diarize": True}))
+            assert (await recv(ws))["type"] == "ready"
+            await send_audio(ws, audio)
+            await ws.send(json.dumps({"type": "stop"}))
+            await collect_until(ws, lambda m: m and m[-1]["type"] == "end", got, timeout=120)
+        return got
+
+    async def plain() -> list[dict]:
+        got: list[dict] = []
+        async with connect(cpu_url) as ws:
+            await ws.send(json.dumps({"type": "start"}))
+            await recv(ws)
+            await ws.send(json.dumps({"type": "rename", "speaker": "Speaker 1", "name": "X"}))
+            await send_audio(ws, load_16k("ldc93s1.wav"))
+            await ws.send(json.dumps({"type": "stop"}))
+            await collect_until(ws, lambda m: m and m[-1]["type"] == "end", got, timeout=120)
+        return got
+
+    labelled, beside = await asyncio.gather(diarized(), plain())
+    finals = [m for m in labelled if m["type"] == "final"]
+    assert finals and finals[-1]["end"] >= before_overlap + 5.0  # every window, the overlap's too, got its final
+    assert not [w for f in finals for w in f["words"] if w.get("speaker") and w["end"] <= before_overlap]
+    assert not [m for m in labelled if m["type"] == "error"]
+    assert any(m["type"] == "error" and m["code"] == "bad_message" for m in beside)  # not a diarized stream
+    assert heard("ldc93s1.wav", " ".join(m["text"] for m in beside if m["type"] == "final"), 0.5)
