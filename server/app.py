@@ -25,6 +25,7 @@ from .httpapi.looplag import LoopLag
 from .httpapi.metrics import Metrics
 from .httpapi.routes import make_app, runner_options
 from .intelligence.service import Intelligence
+from .outputs.registry import RoomOutputs
 from .speakers import Diarizer
 from .streams.context import Live, StreamContext
 from .streams.resume import Resumable
@@ -40,7 +41,8 @@ def _resolve(path: str) -> Path:
 class CaptionServer:
     def __init__(self, cfg: Config, engine: Engine):
         self.cfg = cfg
-        rooms = Rooms(cfg.rooms.backlog, cfg.rooms.max_rooms)
+        self.outputs = RoomOutputs(cfg.outputs)  # rooms' finals pushed to Zoom, YouTube, Teams, webhooks
+        rooms = Rooms(cfg.rooms.backlog, cfg.rooms.max_rooms, on_final=self.outputs.final)
         resumable = Resumable(cfg.limits.resume_s)
         # With redis.url: rooms, transcripts, resume state and presence shared with the other replicas.
         cluster = Cluster(cfg, rooms, self._release, resumable.forget) if cfg.redis.url else None
@@ -73,6 +75,7 @@ class CaptionServer:
                 log.error("speaker labels are not available: %s", exc)
         self.loop_lag.start()
         await self.intelligence.start()
+        await self.outputs.start()
         if ctx.cluster is not None:
             await ctx.cluster.start()
         self._runner = web.AppRunner(make_app(self, self.metrics), **runner_options(self.cfg))
@@ -126,6 +129,7 @@ class CaptionServer:
         self.loop_lag.stop()
         self.phase = "closing the engine and the backend"
         await self.intelligence.close()
+        await self.outputs.close()  # after the flush above: the last finals were offered (not waited for)
         await ctx.diarizer.close()
         await ctx.engine.close()
         self.phase = "writing the last transcript lines"

@@ -134,6 +134,20 @@ class IntelligenceConfig:
 
 
 @dataclass
+class OutputsConfig:
+    """A room's captions pushed into Zoom, YouTube Live, Teams and webhooks (server/outputs/, docs/protocol.md)."""
+    allowed_hosts: list = field(default_factory=list)  # beside each service's documented caption hosts; a webhook's
+    #                                                    host must be here. An address here allows that address too
+    max_age_s: float = 15.0  # a caption older than this is dropped and counted, not sent late
+    timeout_s: float = 10.0  # every request's
+    backoff_s: float = 0.5  # the first retry's wait, doubling per retry up to backoff_max_s
+    backoff_max_s: float = 8.0
+    queue: int = 1000  # captions waiting per output; past it the oldest is dropped and counted
+    max_per_room: int = 8
+    fixed: list = field(default_factory=list)  # outputs made at start: {room, kind, url, lang, secret}
+
+
+@dataclass
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     backend: BackendCommon = field(default_factory=BackendConfig)
@@ -145,6 +159,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     intelligence: IntelligenceConfig = field(default_factory=IntelligenceConfig)
     speakers: SpeakerOptions = field(default_factory=SpeakerOptions)  # live speaker labels (server/speakers/)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
     def validate(self) -> "Config":
         s = self.segmenter
@@ -173,6 +188,7 @@ class Config:
                               "max_concurrent_asks", "max_answer_tokens", "context_tokens", "max_question_chars",
                               "ask_timeout_s")),
             ("speakers", ("piece_s", "hop_s", "confirm", "max_speakers")),
+            ("outputs", ("max_age_s", "timeout_s", "backoff_s", "backoff_max_s", "queue", "max_per_room")),
         ) for key in keys}
         for key, value in positive.items():
             if not value > 0:
@@ -197,6 +213,11 @@ class Config:
             raise ValueError("TLS needs both server.certfile and server.keyfile")
         if not all(isinstance(v, str) and v for v in self.server.trusted_proxies):
             raise ValueError("server.trusted_proxies must be a list of IP addresses")
+        if not all(isinstance(v, str) and v.strip() for v in self.outputs.allowed_hosts):
+            raise ValueError("outputs.allowed_hosts must be a list of host names or addresses")
+        for out in self.outputs.fixed:
+            if not isinstance(out, dict) or not {"room", "kind", "url"} <= set(out):
+                raise ValueError("each of outputs.fixed needs room, kind and url (lang, secret optional)")
         for name in ("speaker_tokens", "viewer_tokens", "origins"):
             if not all(isinstance(v, str) and v for v in getattr(self.auth, name)):
                 raise ValueError(f"auth.{name} must be a list of non-empty strings")

@@ -23,9 +23,10 @@ LOCAL = ("127.0.0.1",)
 FAST = OutputSettings(timeout_s=0.5, backoff_s=0.01, backoff_max_s=0.05)
 
 
-def caption(n: int, text: str | None = None, age: float = 0.0, words: tuple[Word, ...] = ()) -> OutgoingCaption:
+def caption(n: int, text: str | None = None, age: float = 0.0, words: tuple[Word, ...] = (),
+            speaker: str | None = None) -> OutgoingCaption:
     return OutgoingCaption(room="r", session="s1", segment=n, start=n * 2.0, end=n * 2.0 + 1.5,
-                           text=text or f"caption number {n}", speaker="Ana", made_at=time.time() - age,
+                           text=text or f"caption number {n}", speaker=speaker, made_at=time.time() - age,
                            words=words)
 
 
@@ -122,7 +123,8 @@ async def test_teams_cart_posts_text_with_lang_and_no_seq():
 async def test_webhook_signature_verifies_with_the_secret():
     async with WebhookStandin(secret="s3cret") as hook:
         out = await sender("webhook", hook.url(), secret="s3cret")
-        out.offer(caption(1, words=(Word("caption", 2.0, 2.4, 0.91, speaker="Speaker 1", name="Priya"),)))
+        out.offer(caption(1, words=(Word("caption", 2.0, 2.4, 0.91, speaker="Speaker 1", name="Priya"),),
+                          speaker="Ana"))
         out.offer(caption(2))
         await hook.accepted_count(2)
         await out.close()
@@ -278,3 +280,4 @@ async def test_an_allowed_name_resolving_privately_sends_nothing():
 
 def test_spoken_text_without_names_is_the_text_on_one_line():
     assert spoken_text(caption(1, "two\nlines  here")) == "two lines here"
+    assert spoken_text(caption(1, "hello there", speaker="Ana")) == "Ana: hello there"  # the room's label

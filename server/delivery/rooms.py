@@ -50,8 +50,9 @@ class Viewer:
 
 
 class Room:
-    def __init__(self, name: str, backlog: int):
+    def __init__(self, name: str, backlog: int, on_final: Callable[[str, Final], None] | None = None):
         self.name = name
+        self._on_final = on_final  # each final once, as it is let through (the room's outputs: server/outputs/)
         self.backlog: deque[Final] = deque(maxlen=backlog)
         self.viewers: set[Viewer] = set()
         self.speakers: dict[str, str] = {}  # session id -> speaker label, while connected
@@ -71,6 +72,8 @@ class Room:
         if isinstance(caption, Final):
             self._remember(key)
             self.backlog.append(caption)
+            if self._on_final is not None:
+                self._on_final(self.name, caption)
         for viewer in self.viewers:
             viewer.offer(caption)
 
@@ -100,8 +103,10 @@ class Room:
 
 
 class Rooms:
-    def __init__(self, backlog: int = 50, max_rooms: int = 1000, on_forget: Callable[[str], None] | None = None):
+    def __init__(self, backlog: int = 50, max_rooms: int = 1000, on_forget: Callable[[str], None] | None = None,
+                 on_final: Callable[[str, Final], None] | None = None):
         self._backlog = backlog
+        self._on_final = on_final  # called with (room, final) for each final a room lets through
         self._max_rooms = max_rooms
         self._rooms: OrderedDict[str, Room] = OrderedDict()  # least recently used first
         self.on_forget = on_forget  # called with the name of each room forgotten
@@ -112,7 +117,7 @@ class Rooms:
     def get(self, name: str) -> Room:
         room = self._rooms.get(name)
         if room is None:
-            room = self._rooms[name] = Room(name, self._backlog)
+            room = self._rooms[name] = Room(name, self._backlog, self._on_final)
             self._evict()
         self._rooms.move_to_end(name)
         return room

@@ -2,7 +2,7 @@
 
 aiohttp serves both (docs/architecture.md says why): the websocket endpoints (`/v1/listen`, `/v1/watch`,
 `/v1/realtime`) are upgraded here and handed to streams/intake.py; `/healthz`, `/metrics`, transcripts, the ask
-API (intelligence/api.py) and the web/ folder are answered here. Transcripts are read and rendered in a thread,
+API (ask.py), a room's caption outputs (outputs.py) and the web/ folder are answered here. Transcripts are read and rendered in a thread,
 off the event loop (a room's file can be large).
 
 Limits that every request meets (a middleware): request lines past MAX_TARGET get 414, bodies past
@@ -20,6 +20,7 @@ from ..delivery.transcripts import FORMATS
 from ..streams import auth, intake
 from ..streams.connection import Connection
 from . import ask as ask_api
+from . import outputs as outputs_api
 from . import responses as http
 from .health import health
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -49,6 +50,9 @@ def make_app(server: Served, collected: Metrics) -> web.Application:
         r.add_post(path, handler)
         r.add_get(path, _post_only)  # else the pages' catch-all below would answer a GET with 404
     r.add_get("/v1/rooms/{room}/summary", ask_api.room_summary)
+    r.add_post("/v1/rooms/{room}/outputs", outputs_api.add_output)
+    r.add_get("/v1/rooms/{room}/outputs", outputs_api.list_outputs)
+    r.add_delete("/v1/rooms/{room}/outputs/{output}", outputs_api.remove_output)
     r.add_get(TRANSCRIPTS + "{name:.*}", transcript)
     r.add_get("/{tail:.*}", page)
     return app

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config import Config
 from ..intelligence.service import Intelligence
+from ..outputs.registry import RoomOutputs
 from ..streams.context import StreamContext
 from .looplag import LoopLag
 
@@ -18,6 +19,7 @@ class Served(Protocol):
     cfg: Config
     streams: StreamContext
     intelligence: Intelligence
+    outputs: RoomOutputs
     loop_lag: LoopLag
     web_root: Path
 

@@ -78,14 +78,17 @@ def add_query(url: str, **params: object) -> str:
 
 
 def spoken_text(caption: OutgoingCaption) -> str:
-    """The caption on one line; "Name: " before each run of a named voice's words."""
+    """The caption on one line, "Name: " before each voice's words, as the room page and the exports show them: a
+    word's voice is its diarized name, else the stream's speaker label in the room."""
     words = [w for w in caption.words if w.word]
     if not any(w.name for w in words):
-        return " ".join(caption.text.split())
+        text = " ".join(caption.text.split())
+        return f"{caption.speaker}: {text}" if caption.speaker else text
     runs: list[tuple[str | None, list[str]]] = []
     for w in words:
-        if not runs or runs[-1][0] != w.name:
-            runs.append((w.name, []))
+        voice = w.name or caption.speaker
+        if not runs or runs[-1][0] != voice:
+            runs.append((voice, []))
         runs[-1][1].append(w.word)
     return " ".join(f"{name}: {' '.join(ws)}" if name else " ".join(ws) for name, ws in runs)
 

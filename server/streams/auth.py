@@ -57,6 +57,11 @@ def check(cfg: AuthConfig, action: str, token: str | None) -> int:
     return FORBIDDEN if _matches(token, cfg.speaker_tokens + cfg.viewer_tokens) else UNAUTHORIZED
 
 
+def viewer_only(cfg: AuthConfig, token: str | None) -> bool:
+    """A viewer's token that is no speaker's: it may watch, never speak nor send a room's captions elsewhere."""
+    return token is not None and _matches(token, cfg.viewer_tokens) and not _matches(token, cfg.speaker_tokens)
+
+
 # The protocol names a browser may offer beside its token, one of which the server selects (the token itself is
 # never selected): `captions`, Deepgram's `token`, or OpenAI's `realtime`.
 SUBPROTOCOLS = (SUBPROTOCOL, DEEPGRAM_SUBPROTOCOL, OPENAI_SUBPROTOCOL)
