@@ -12,10 +12,13 @@ the room's stream and received live), so a room lets each (session, segment) thr
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict, deque
 from typing import Awaitable, Callable
 
 from ..core.events import Caption, Final, Partial
+
+log = logging.getLogger(__name__)
 
 MAX_QUEUED = 1000  # messages waiting for one viewer before it is dropped as too slow
 MAX_QUEUED_PARTIALS = 20  # past this many waiting messages, partials to that viewer are skipped
@@ -73,7 +76,10 @@ class Room:
             self._remember(key)
             self.backlog.append(caption)
             if self._on_final is not None:
-                self._on_final(self.name, caption)
+                try:
+                    self._on_final(self.name, caption)
+                except Exception:  # noqa: BLE001 - an output's fault must never cost the room's viewers a caption
+                    log.exception("room %s: handing a final to its outputs failed", self.name)
         for viewer in self.viewers:
             viewer.offer(caption)
 
