@@ -11,10 +11,12 @@
 // With "Label speakers" (`?diarize=1`) the stream's `start` asks for voice labels (`diarize`): the transcript
 // shows one line per voice, and the Speakers list (speaker-voices.js) renames a voice for the room's viewers.
 // This module: the page's settings from its address, the stream link (start, resume, resending the backlog) and
-// Start/Stop; the microphone is capture.js, the transcript and its downloads captions-view.js.
+// Start/Stop; the microphone is capture.js, the transcript and its downloads captions-view.js, the room's
+// "Send captions to…" panel (Zoom, YouTube Live, Teams, a webhook) outputs-panel.js.
 import { lineId, mountMeeting } from "./ask.js";
 import { CaptionsView } from "./captions-view.js";
 import { levelMeter, openCapture } from "./capture.js";
+import { mountOutputs } from "./outputs-panel.js";
 import { VoicesPanel } from "./speaker-voices.js";
 import {
   MAX_CONTEXT, ROOM_RE, ReconnectingSocket, cleanContext, listenRefusal, listenUrl, pageToken, showState,
@@ -73,6 +75,7 @@ if (room) {
   document.title = `Live captions · ${room}`;
 }
 const meeting = room ? mountMeeting($("meeting"), { room }) : null;
+const outputs = mountOutputs($("outputs"), { room }); // "Send captions to…" (disabled without a room)
 const view = new CaptionsView(ui, {
   room,
   onClear: () => {
@@ -404,4 +407,5 @@ window.captionsDebug = {
   get backlogSeconds() { return (captured - uncovered()) / rate; },
   get context() { return context; },
   get diarize() { return diarize; },
+  get outputsPolling() { return outputs.polling; },
 };
