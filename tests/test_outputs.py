@@ -281,3 +281,4 @@ async def test_an_allowed_name_resolving_privately_sends_nothing():
 def test_spoken_text_without_names_is_the_text_on_one_line():
     assert spoken_text(caption(1, "two\nlines  here")) == "two lines here"
     assert spoken_text(caption(1, "hello there", speaker="Ana")) == "Ana: hello there"  # the room's label
+    assert spoken_text(caption(1, "hello there", speaker="s1")) == "hello there"  # the session id: no name

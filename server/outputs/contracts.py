@@ -81,12 +81,14 @@ def spoken_text(caption: OutgoingCaption) -> str:
     """The caption on one line, "Name: " before each voice's words, as the room page and the exports show them: a
     word's voice is its diarized name, else the stream's speaker label in the room."""
     words = [w for w in caption.words if w.word]
+    # A stream that gave no speaker label is labelled with its session id in the room: no name for an audience.
+    label = caption.speaker if caption.speaker != caption.session else None
     if not any(w.name for w in words):
         text = " ".join(caption.text.split())
-        return f"{caption.speaker}: {text}" if caption.speaker else text
+        return f"{label}: {text}" if label else text
     runs: list[tuple[str | None, list[str]]] = []
     for w in words:
-        voice = w.name or caption.speaker
+        voice = w.name or label
         if not runs or runs[-1][0] != voice:
             runs.append((voice, []))
         runs[-1][1].append(w.word)
