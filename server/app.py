@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .cluster import Cluster
+from .cluster.outputs import SharedRoomOutputs
 from .config import ROOT, Config
 from .core.engine import Engine
 from .core.vad import VadFactory
@@ -48,6 +49,8 @@ class CaptionServer:
         cluster = Cluster(cfg, rooms, self._release, resumable.forget) if cfg.redis.url else None
         if cluster is not None:
             rooms.on_forget = cluster.forget_room
+            # outputs shared: each delivered by one replica (a lease), from the room's shared transcript
+            self.outputs.shared = SharedRoomOutputs(cluster.link, cluster.keys, cluster.replica, cfg.redis.heartbeat_s)
         self.streams = StreamContext(cfg, engine, TranscriptStore(_resolve(cfg.server.data_dir)), rooms,
                                      VadFactory(cfg.segmenter), resumable, cluster, Live(), Diarizer(cfg.speakers))
         self.web_root = _resolve(cfg.server.web_root)
@@ -75,9 +78,9 @@ class CaptionServer:
                 log.error("speaker labels are not available: %s", exc)
         self.loop_lag.start()
         await self.intelligence.start()
-        await self.outputs.start()
         if ctx.cluster is not None:
             await ctx.cluster.start()
+        await self.outputs.start()  # after the cluster: with replicas, outputs are shared through it
         self._runner = web.AppRunner(make_app(self, self.metrics), **runner_options(self.cfg))
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.host, s.port, ssl_context=tls)

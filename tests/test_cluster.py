@@ -1,7 +1,9 @@
-"""Three replicas (Whisper tiny.en) sharing a real redis-server, behind a real nginx, all on loopback
+"""Four replicas (Whisper tiny.en) sharing a real redis-server, behind a real nginx, all on loopback
 (bench/cluster.py starts them; deploy/nginx.conf is nginx's config): a room's finals reach viewers on every
-replica; Redis stopped for 10 s mid-stream and started again; a replica SIGKILLed mid-stream, its speaker's
-client (client.mic's link) resuming through nginx on another replica. Last, since it kills a replica."""
+replica; Redis stopped for 10 s mid-stream and started again; a room's Zoom output (a STAND-IN enforcing Zoom's
+caption contract) whose delivering replica is SIGKILLed mid-post, taken over by another; a replica SIGKILLed
+mid-stream, its speaker's client (client.mic's link) resuming through nginx on another replica; one drained by
+SIGTERM. The last three each take a replica away (four: one is left for the last), so they come last."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +13,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 
 import pytest
 from websockets.asyncio.client import connect
@@ -20,6 +23,7 @@ from client.link import CaptionLink
 from client.stream import stream_audio
 
 from .support.audio import RATE, join_with_silence, wer
+from .support.caption_standins import ZoomStandin
 from .support.link import CLIPS, CUT, PAUSES, run_link
 from .support.servers import http_base
 from .support.v1 import text
@@ -32,8 +36,10 @@ LONG_PAUSES = PAUSES + [1.5, 1.5]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("cluster")
-    # heartbeat 1 s: a killed replica counts as dead (its sessions taken over) 3 s after its last beat
-    with start_cluster(3, work, ("--backend", "whisper", "--set", "redis.heartbeat_s=1")) as c:
+    # heartbeat 1 s: a killed replica counts as dead (its sessions and outputs taken over) 3 s after its last beat;
+    # outputs may call the caption stand-ins on loopback
+    with start_cluster(4, work, ("--backend", "whisper", "--set", "redis.heartbeat_s=1",
+                                 "--set", "outputs.allowed_hosts=127.0.0.1")) as c:
         yield c
 
 
@@ -49,6 +55,21 @@ def healthz(url: str) -> tuple[int, dict]:
 def transcript(url: str, path: str) -> list[dict]:
     with urllib.request.urlopen(f"{http_base(url)}/v1/transcripts/{path}.json", timeout=10) as r:
         return json.load(r)["finals"]
+
+
+def alive(c) -> list:
+    return [r for r in c.replicas if r.proc.poll() is None]
+
+
+def outputs_api(url: str, room: str, method: str = "GET", body: dict | None = None) -> tuple[int, dict]:
+    """The room's outputs API on one replica (or nginx); speaking is open here, so no token."""
+    request = urllib.request.Request(f"{http_base(url)}/v1/rooms/{room}/outputs", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
 
 
 def where(c, key: str) -> list[str]:
@@ -114,9 +135,9 @@ async def test_a_speaker_on_one_replica_reaches_viewers_on_every_replica_exactly
     for w in [a, b, *direct]:
         assert labelled(w.finals) == sent, w.url  # each final once, in order, labelled
         assert not any(m.get("backlog") for m in w.messages)
-    assert sum(viewers_at.values()) == 5 and all(n >= 1 for n in viewers_at.values()), viewers_at
+    assert sum(viewers_at.values()) == 2 + len(cluster.replicas) and all(n >= 1 for n in viewers_at.values()), viewers_at
     print(f"\nspeaker through nginx on {speaker_at}; viewers per replica {viewers_at}; {len(sent)} finals reached "
-          f"all 5 exactly once, in order, labelled")
+          f"all {sum(viewers_at.values())} exactly once, in order, labelled")
     # a late viewer on any replica gets the same backlog; the room's transcript is the same from every replica
     for r in cluster.replicas:
         async with Watcher(r.url, "hall") as late:
@@ -175,6 +196,56 @@ async def test_redis_stopped_for_10_s_mid_stream_captions_go_on_and_fan_out_come
           f"Redis came back, and every later one live")
 
 
+async def test_a_rooms_zoom_output_is_taken_over_when_its_replica_is_killed_mid_post(cluster):
+    """The output is added through nginx (the replica that takes the request delivers it: it holds the lease);
+    the room's speaker streams to another replica. The holder is SIGKILLed while its post hangs at the stand-in;
+    within ~3 heartbeats another replica takes the lease and goes on from the shared progress: the hung caption
+    again with its seq, then the rest. Zoom gets each of the room's finals once, in order, seq 1..n."""
+    audio, _ = join_with_silence(CLIPS, PAUSES)
+    async with ZoomStandin() as zoom:
+        status, made = outputs_api(cluster.url, "relay", "POST", {"kind": "zoom", "url": zoom.url()})
+        assert status == HTTPStatus.CREATED and zoom.signature not in json.dumps(made), made
+        holder = next(r for r in cluster.replicas if r.name == made["replica"])
+        speaker_at = next(r for r in alive(cluster) if r is not holder)
+        streaming = asyncio.create_task(stream_audio(audio, RATE, speaker_at.url, speed=1.0,
+                                                     start_extra={"room": "relay", "speaker": "Ann"}))
+        await zoom.accepted_count(1, timeout=60)
+        zoom.hang_next()  # the holder's next post gets no answer: it is mid-post when killed
+        calls = zoom.calls
+        await until(lambda: zoom.calls > calls, timeout=30, what="the holder's next post")
+        os.kill(holder.proc.pid, signal.SIGKILL)
+        holder.proc.wait(10)
+        killed_after = len(zoom.accepted)
+        result = await streaming
+        said = [f for f in transcript(speaker_at.url, "rooms/relay") if f["text"].strip()]
+        expected = [f"Ann: {' '.join(f['text'].split())}" for f in said]
+
+        def shown() -> dict:
+            [output] = outputs_api(speaker_at.url, "relay")[1]["outputs"]
+            return output
+        def all_done() -> bool:
+            output = shown()
+            return output["delivered"] + output["dropped"] == len(expected)
+        await until(all_done, timeout=30, what="every final of the room delivered or dropped after the takeover")
+        output = shown()
+        got = list(zoom.accepted)
+    assert [f["segment"] for f in said] == [f["segment"] for f in result.finals if f["text"].strip()]
+    assert killed_after < len(expected)  # the meeting went on after the kill
+    texts = [a["text"] for a in got]
+    # each final once, in order, seq 1..n; only those past max age may be missing, and they are counted
+    assert [a["seq"] for a in got] == list(range(1, len(got) + 1)) and zoom.violations == [], zoom.violations
+    assert zoom.repeats == 0 and len(got) + output["dropped"] == len(expected)
+    remaining = iter(expected)
+    assert all(t in remaining for t in texts), (texts, expected)  # a subsequence, in order
+    assert output["state"] == "ok" and output["last_seq"] == len(got) and output["delivered"] == len(got)
+    assert output["replica"] in {r.name for r in alive(cluster)} and output["replica"] != holder.name
+    for r in alive(cluster):  # every survivor lists the same
+        await until(lambda r=r: outputs_api(r.url, "relay")[1]["outputs"][0]["delivered"] == len(got), timeout=5)
+    print(f"\nZoom output held by {holder.name}, SIGKILLed mid-post after {killed_after} caption(s); taken over by "
+          f"{output['replica']}: {len(got)} of {len(expected)} finals accepted once each, seq 1..{len(got)}, "
+          f"{output['dropped']} dropped past max age")
+
+
 async def test_a_replica_killed_mid_stream_its_speaker_resumes_on_another_through_nginx(cluster):
     audio, spans = join_with_silence(CLIPS, PAUSES)
     whole, *_ = await run_link(cluster.url, audio, room="calm")
@@ -188,7 +259,7 @@ async def test_a_replica_killed_mid_stream_its_speaker_resumes_on_another_throug
         await ghost.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le",
                                      "room": "storm", "speaker": "Ghost"}))
         assert json.loads(await ghost.recv())["type"] == "ready"
-        other = next(r for r in cluster.replicas if r is not dead)
+        other = next(r for r in alive(cluster) if r is not dead)
         async with Watcher(other.url, "storm") as w:
             seen["before"] = w.watching["speakers"]
         os.kill(dead.proc.pid, signal.SIGKILL)
@@ -197,7 +268,7 @@ async def test_a_replica_killed_mid_stream_its_speaker_resumes_on_another_throug
 
     link, _, _, statuses = await run_link(cluster.url, audio, CUT, kill, room="storm")
     dead, ghost = killed[0]
-    survivors = [r for r in cluster.replicas if r is not dead]
+    survivors = [r for r in alive(cluster) if r is not dead]
     # one session, resumed once, on another replica
     assert link.sessions == 1 and link.resumes == 1, statuses
     assert any(s.startswith("reconnected (session resumed)") for s in statuses), statuses

@@ -282,3 +282,134 @@ def test_spoken_text_without_names_is_the_text_on_one_line():
     assert spoken_text(caption(1, "two\nlines  here")) == "two lines here"
     assert spoken_text(caption(1, "hello there", speaker="Ana")) == "Ana: hello there"  # the room's label
     assert spoken_text(caption(1, "hello there", speaker="s1")) == "hello there"  # the session id: no name
+
+
+# -- with replicas: the shared journal (server/outputs/shared.py) ---------------------------------------------------
+
+class Journal:
+    """Keeps what a sender records, as the shared store would; `hang_after(n)`: the n-th write and later never
+    return (the replica died there); `lose()`: every write answers that the lease is gone."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+        self._hang_at: int | None = None
+        self._lost = False
+
+    def hang_after(self, n: int) -> None:
+        self._hang_at = n
+
+    def lose(self) -> None:
+        self._lost = True
+
+    async def __call__(self, progress) -> bool:
+        if self._hang_at is not None and len(self.records) >= self._hang_at:
+            await asyncio.Event().wait()
+        if self._lost:
+            return False
+        self.records.append(progress)
+        return True
+
+    @property
+    def last(self):
+        return self.records[-1]
+
+
+def tagged(n: int) -> tuple[OutgoingCaption, str]:
+    return caption(n), f"{n}-0"
+
+
+async def test_a_journalled_sender_records_pending_before_each_post_and_done_after():
+    async with ZoomStandin() as zoom:
+        journal = Journal()
+        out = await sender("zoom", zoom.url(), journal=journal)
+        for n in (1, 2):
+            out.offer(*tagged(n))
+        await zoom.accepted_count(2)
+        await until(lambda: journal.records and journal.last.pending_seq is None and journal.last.last_seq == 2)
+        await out.close()
+    kinds = [(r.pending_seq, r.pending, r.cursor, r.delivered) for r in journal.records]
+    assert kinds == [(1, ["1-0"], "0-0", 0), (None, [], "1-0", 1), (2, ["2-0"], "1-0", 1), (None, [], "2-0", 2)]
+    assert journal.last.next_seq == 3
+
+
+async def test_a_post_left_pending_that_landed_is_counted_not_sent_again():
+    """The holder died after Zoom took seq 2 and before it recorded it: the next one asks Zoom, which has 2."""
+    async with ZoomStandin() as zoom:
+        journal = Journal()
+        first = await sender("zoom", zoom.url(), journal=journal)
+        first.offer(*tagged(1))
+        await zoom.accepted_count(1)
+        await until(lambda: journal.records and journal.last.delivered == 1)
+        journal.hang_after(len(journal.records) + 1)  # the pending write goes through, the done write never returns
+        first.offer(*tagged(2))
+        await zoom.accepted_count(2)
+        await first.close()  # killed
+        left = journal.last
+        assert (left.pending_seq, left.pending, left.cursor) == (2, ["2-0"], "1-0")
+        second_journal = Journal()
+        second = await sender("zoom", zoom.url(), journal=second_journal, resume=left)
+        for n in (2, 3):  # the new holder reads the room's transcript after the cursor
+            second.offer(*tagged(n))
+        await zoom.accepted_count(3)
+        await until(lambda: second_journal.records and second_journal.last.last_seq == 3)
+        await second.close()
+    assert [a["seq"] for a in zoom.accepted] == [1, 2, 3] and zoom.repeats == 0 and zoom.violations == []
+    assert (second_journal.last.delivered, second_journal.last.cursor) == (3, "3-0")
+
+
+async def test_a_post_left_pending_that_did_not_land_is_sent_with_its_seq():
+    async with ZoomStandin() as zoom:
+        journal = Journal()
+        first = await sender("zoom", zoom.url(), journal=journal)
+        first.offer(*tagged(1))
+        await zoom.accepted_count(1)
+        zoom.hang_next()  # the next post never gets an answer: the replica is killed meanwhile
+        calls = zoom.calls
+        first.offer(*tagged(2))
+        await until(lambda: zoom.calls > calls)
+        await first.close()
+        left = journal.last
+        assert (left.pending_seq, left.pending) == (2, ["2-0"])
+        second = await sender("zoom", zoom.url(), journal=Journal(), resume=left)
+        for n in (2, 3):
+            second.offer(*tagged(n))
+        got = await zoom.accepted_count(3)
+        await second.close()
+    assert [(a["seq"], a["text"]) for a in got] == [(1, "caption number 1"), (2, "caption number 2"),
+                                                    (3, "caption number 3")]
+    assert zoom.violations == []
+
+
+async def test_a_webhook_post_left_pending_is_sent_again_with_its_seq_and_dropped_as_a_repeat():
+    async with WebhookStandin() as hook:
+        journal = Journal()
+        first = await sender("webhook", hook.url(), secret=hook.secret, journal=journal)
+        first.offer(*tagged(1))
+        await hook.accepted_count(1)
+        await until(lambda: journal.records and journal.last.delivered == 1)
+        journal.hang_after(len(journal.records) + 1)
+        first.offer(*tagged(2))
+        await hook.accepted_count(2)
+        await first.close()
+        second = await sender("webhook", hook.url(), secret=hook.secret, journal=Journal(), resume=journal.last)
+        for n in (2, 3):
+            second.offer(*tagged(n))
+        got = await hook.accepted_count(3)
+        await until(lambda: hook.repeats == 1)
+        await second.close()
+    assert [(a["seq"], a["segment"]) for a in got] == [(1, 1), (2, 2), (3, 3)] and hook.violations == []
+
+
+async def test_a_sender_whose_lease_is_gone_stops_before_posting():
+    async with ZoomStandin() as zoom:
+        journal = Journal()
+        out = await sender("zoom", zoom.url(), journal=journal)
+        out.offer(*tagged(1))
+        await zoom.accepted_count(1)
+        await until(lambda: not out.running or journal.last.delivered == 1)
+        journal.lose()
+        posts = zoom.calls
+        out.offer(*tagged(2))
+        await until(lambda: not out.running)
+        await out.close()
+    assert out.lost and zoom.calls == posts and [a["seq"] for a in zoom.accepted] == [1]

@@ -8,7 +8,8 @@ the rest of the server knows of Redis:
 - `session_live` / `session_held` / `session_ended` / `take`: resuming on any replica (handover.py);
 - `open_room`, `speakers`, `speaker_joined` / `speaker_left`: viewers and presence across replicas;
 - `finals`: a session's or room's transcript for GET /v1/transcripts on any replica;
-- `health`: for /healthz ("degraded" while Redis is away).
+- `health`: for /healthz ("degraded" while Redis is away);
+- `link`, `keys`, `replica`: for the rooms' caption outputs (outputs.py, wired by app.py).
 Captions never wait on Redis beyond `redis.timeout_s` (link.py): with Redis away a replica goes on captioning its
 own streams, keeps what it could not write, and shares again once Redis is back.
 """
@@ -53,6 +54,10 @@ class Cluster:
         self._live: set[str] = set()  # sessions live here, whose records the heartbeat keeps from expiring
         self._heartbeat: asyncio.Task | None = None
         self.link.on_up.append(self._beat)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
 
     @property
     def up(self) -> bool:
