@@ -19,6 +19,7 @@ from ..core.requests import ROOM_NAME
 from ..outputs.contracts import KINDS
 from ..outputs.guard import RefusedURL
 from ..outputs.registry import TooMany
+from ..outputs.shared import SharedUnavailable
 from ..streams import auth
 from ..streams.connection import params
 from . import responses as http
@@ -53,6 +54,8 @@ async def add_output(request: web.Request) -> web.Response:
         return http.error(HTTPStatus.BAD_REQUEST, str(exc))
     except TooMany as exc:
         return http.error(HTTPStatus.CONFLICT, str(exc))
+    except SharedUnavailable as exc:  # replicas: Redis did not answer; nothing was made
+        return http.error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), **{"Retry-After": "2"})
     return http.json_response(output, HTTPStatus.CREATED)
 
 
@@ -68,7 +71,11 @@ async def remove_output(request: web.Request) -> web.Response:
     refused = _refusal(request)
     if refused is not None:
         return refused
-    if not await served(request).outputs.remove(request.match_info["room"], request.match_info["output"]):
+    try:
+        removed = await served(request).outputs.remove(request.match_info["room"], request.match_info["output"])
+    except SharedUnavailable as exc:
+        return http.error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc), **{"Retry-After": "2"})
+    if not removed:
         return http.error(HTTPStatus.NOT_FOUND, "no such output in this room")
     return web.Response(status=HTTPStatus.NO_CONTENT.value)
 

@@ -30,7 +30,7 @@ from ..core.events import Final
 from .contracts import OutgoingCaption, make_contract
 from .guard import DEFAULT_HOSTS, RefusedURL, Resolve, check_resolved, check_url
 from .sender import OutputSender, OutputSettings
-from .shared import Journal, OutputSpec, Progress, SharedOutputs
+from .shared import Journal, OutputSpec, Progress, SharedOutputs, SharedUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class RoomOutputs:
             try:
                 await self.add(out["room"], out["kind"], out["url"], out.get("lang", "en-US"), out.get("secret"),
                                fixed_id if self.shared is not None else None)
-            except (RefusedURL, ValueError, TooMany) as exc:
+            except (RefusedURL, ValueError, TooMany, SharedUnavailable) as exc:
                 log.error("outputs.fixed: room %s, %s output refused: %s", out["room"], out["kind"], exc)
 
     async def close(self) -> None:

@@ -97,7 +97,7 @@ class Sender(Protocol):
 Deliver = Callable[[OutputSpec, Progress, Journal], Sender]
 
 
-class SharedUnavailable(ValueError):
+class SharedUnavailable(Exception):
     """The shared store (Redis) did not answer: the output could not be added or removed; try again."""
 
 
