@@ -60,3 +60,17 @@ def place(words: Iterable[Word], offset: float, names: Mapping[str, str]) -> tup
     return tuple(dataclasses.replace(w, start=w.start + offset, end=w.end + offset,
                                      name=names.get(w.speaker, w.speaker) if w.speaker else None)
                  for w in words)
+
+
+def word_record(word: Word) -> dict:
+    """A word as JSON (v1 finals, transcripts, webhooks): `estimated` only when true; `speaker`, `name` and
+    `speaker_confidence` only with diarization."""
+    rec: dict = {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3),
+                 "probability": None if word.probability is None else round(word.probability, 3)}
+    if word.estimated:
+        rec["estimated"] = True
+    if word.speaker is not None:
+        rec.update(speaker=word.speaker, name=word.name or word.speaker)
+        if word.speaker_confidence is not None:
+            rec["speaker_confidence"] = round(word.speaker_confidence, 3)
+    return rec

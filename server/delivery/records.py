@@ -20,20 +20,9 @@ import time
 
 from ..backends.transcript import Word
 from ..core.events import Caption, Final, Partial
+from ..core.words import word_record
 
 _OPTIONAL = ("speaker", "session")
-
-
-def word_record(word: Word) -> dict:
-    rec: dict = {"word": word.word, "start": round(word.start, 3), "end": round(word.end, 3),
-                 "probability": None if word.probability is None else round(word.probability, 3)}
-    if word.estimated:
-        rec["estimated"] = True
-    if word.speaker is not None:
-        rec.update(speaker=word.speaker, name=word.name or word.speaker)
-        if word.speaker_confidence is not None:
-            rec["speaker_confidence"] = round(word.speaker_confidence, 3)
-    return rec
 
 
 def word_from_record(rec: dict) -> Word:

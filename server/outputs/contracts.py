@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..backends.transcript import Word
+from ..core.words import word_record
 
 KINDS = ("zoom", "youtube", "teams", "webhook")
 SIGNATURE_HEADER = "X-Captions-Signature"
@@ -195,17 +196,9 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 
 def final_record(caption: OutgoingCaption, seq: int) -> dict:
     """The v1 final record's shape (server/delivery/records.py), with the room and the output's seq."""
-    words = []
-    for w in caption.words:
-        rec: dict = {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
-                     "probability": None if w.probability is None else round(w.probability, 3)}
-        if w.estimated:
-            rec["estimated"] = True
-        if w.speaker is not None:
-            rec.update(speaker=w.speaker, name=w.name or w.speaker)
-        words.append(rec)
     return {"type": "final", "segment": caption.segment, "start": caption.start, "end": caption.end,
-            "text": caption.text, "words": words, "speaker": caption.speaker, "session": caption.session,
+            "text": caption.text, "words": [word_record(w) for w in caption.words], "speaker": caption.speaker,
+            "session": caption.session,
             "room": caption.room, "seq": seq}
 
 
