@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from caption_formats.cues import runs
+
 from ..backends.transcript import Word
 from ..core.events import Caption, Final, Partial
 from ..core.words import word_record
@@ -61,14 +63,7 @@ def caption_from_record(rec: dict) -> Caption:
 
 def voice_runs(rec: dict) -> list[tuple[str | None, str]]:
     """A final record's text as (voice, text) runs: a new run at each change of voice among its words (a word's
-    `name`, else the final's `speaker`). Without diarized words: one run, the final's speaker and its text."""
-    words = [w for w in rec.get("words") or () if w.get("word")]
-    if not any(w.get("name") for w in words):
-        return [(rec.get("speaker") or None, " ".join(str(rec.get("text") or "").split()))]
-    runs: list[tuple[str | None, list[str]]] = []
-    for w in words:
-        voice = w.get("name") or rec.get("speaker") or None
-        if not runs or runs[-1][0] != voice:
-            runs.append((voice, []))
-        runs[-1][1].append(w["word"])
-    return [(voice, " ".join(words)) for voice, words in runs]
+    `name`, else the final's `speaker`), as the exports cut their cues (caption_formats.cues.runs). A final with
+    no text: one empty run of its speaker."""
+    return [(run.voice, " ".join(t.text for t in run.tokens)) for run in runs(rec)] or \
+        [(rec.get("speaker") or None, "")]

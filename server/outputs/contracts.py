@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from caption_formats.cues import runs
+
 from ..backends.transcript import Word
 from ..core.words import word_record
 
@@ -79,21 +81,14 @@ def add_query(url: str, **params: object) -> str:
 
 
 def spoken_text(caption: OutgoingCaption) -> str:
-    """The caption on one line, "Name: " before each voice's words, as the room page and the exports show them: a
-    word's voice is its diarized name, else the stream's speaker label in the room."""
-    words = [w for w in caption.words if w.word]
+    """The caption on one line, "Name: " before each voice's words, as the room page and the exports show them
+    (caption_formats.cues.runs): a word's voice is its diarized name, else the stream's speaker label in the room."""
     # A stream that gave no speaker label is labelled with its session id in the room: no name for an audience.
     label = caption.speaker if caption.speaker != caption.session else None
-    if not any(w.name for w in words):
-        text = " ".join(caption.text.split())
-        return f"{label}: {text}" if label else text
-    runs: list[tuple[str | None, list[str]]] = []
-    for w in words:
-        voice = w.name or label
-        if not runs or runs[-1][0] != voice:
-            runs.append((voice, []))
-        runs[-1][1].append(w.word)
-    return " ".join(f"{name}: {' '.join(ws)}" if name else " ".join(ws) for name, ws in runs)
+    words = [{"word": w.word, "start": w.start, "end": w.end, "name": w.name} for w in caption.words]
+    record = {"text": caption.text, "speaker": label, "words": words}
+    said = [(run.voice, " ".join(t.text for t in run.tokens)) for run in runs(record)]
+    return " ".join(f"{voice}: {text}" if voice else text for voice, text in said)
 
 
 def _common_verdict(status: int) -> Verdict:
