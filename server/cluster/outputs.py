@@ -237,5 +237,4 @@ def outgoing(room: str, entry_id: str, fields: dict) -> OutgoingCaption:
     final = caption_from_record(line)
     assert isinstance(final, Final)  # transcript streams hold finals only
     made_at = float(line.get("time") or int(entry_id.split("-")[0]) / 1000)
-    return OutgoingCaption(room, final.session, final.segment, final.start, final.end, final.text,
-                           final.speaker, made_at, final.words)
+    return OutgoingCaption.of(room, final, made_at)

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from caption_formats.cues import runs
 
 from ..backends.transcript import Word
+from ..core.events import Final
 from ..core.words import word_record
 
 KINDS = ("zoom", "youtube", "teams", "webhook")
@@ -57,6 +58,11 @@ class OutgoingCaption:
     speaker: str | None
     made_at: float  # time.time() when the final was made: its age decides whether it is still worth sending
     words: tuple[Word, ...] = ()
+
+    @classmethod
+    def of(cls, room: str, final: Final, made_at: float) -> "OutgoingCaption":
+        return cls(room, final.session, final.segment, final.start, final.end, final.text, final.speaker, made_at,
+                   final.words)
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,7 @@ class RoomOutputs:
         outputs = self._rooms.get(room)  # with replicas: none here (holders read the room's shared transcript)
         if not outputs or not final.text.strip():
             return
-        caption = OutgoingCaption(room, final.session, final.segment, final.start, final.end, final.text,
-                                  final.speaker, self._clock(), final.words)
+        caption = OutgoingCaption.of(room, final, self._clock())
         for sender in outputs.values():
             sender.offer(caption)
 
