@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from client.stream import encode
+from server.backends.transcript import Transcript
 from server.config import Config, EngineConfig, SegmenterConfig
 from server.core import errors as E
 from server.core import requests as Q
@@ -124,8 +125,8 @@ class EchoBackend:
     name, model, reason = "echo", "echo", "test"
     uses_drafts = costly_batches = False
 
-    def transcribe(self, audios, drafts=None, contexts=None):
-        return [str(len(a)) for a in audios]
+    def transcribe(self, audios, drafts=None, contexts=None, timed=None):
+        return [Transcript(str(len(a))) for a in audios]
 
     def decode_stats(self):
         return None
@@ -162,6 +163,8 @@ async def test_session_clear_sends_no_final_and_no_stale_partial_of_the_cleared_
     await engine.close()
     finals = [e for e in sent if isinstance(e, Final)]
     assert [f.segment for f in finals] == [0] and finals[0].start * RATE >= cleared_at
+    assert finals[0].text == str(round((finals[0].end - finals[0].start) * RATE))  # the backend ran: no error
+    assert not [e for e in sent if isinstance(e, Error)]
     late = [e for e in sent[n_at_clear:] if isinstance(e, Partial) and e.end * RATE <= cleared_at]
     assert late == []  # no partial of the cleared window after the clear
 
